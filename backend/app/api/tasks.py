@@ -1,0 +1,237 @@
+"""HTTP routes for tasks: parse the request, call crud, map domain errors to status codes."""
+
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app import crud, metrics
+from app.exceptions import (
+    IdempotencyConflictError,
+    InvalidTransitionError,
+    QueueFullError,
+    TaskNotDeletableError,
+    TaskNotFoundError,
+)
+from app.models import TaskStatus, TaskType
+from app.schemas import (
+    ConflictRead,
+    ErrorRead,
+    StatusCounts,
+    TaskCreateRequest,
+    TaskListRead,
+    TaskLogRead,
+    TaskRead,
+)
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+# Seconds a client should wait before retrying a create refused by MAX_PENDING_TASKS.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5
+MAX_OFFSET = 1_000_000
+IDEMPOTENCY_KEY_MAX_LENGTH = 200
+
+NOT_FOUND = {404: {"model": ErrorRead, "description": "No task has this id."}}
+CONFLICT = {409: {"model": ConflictRead, "description": "The task's status does not allow this."}}
+UNAUTHORIZED = {401: {"model": ErrorRead, "description": "API_TOKEN is set and the bearer token is missing or wrong."}}
+
+
+def get_engine(request: Request) -> AsyncEngine:
+    return request.app.state.engine
+
+
+async def read_connection(engine: Annotated[AsyncEngine, Depends(get_engine)]) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as conn:
+        yield conn
+
+
+async def write_connection(engine: Annotated[AsyncEngine, Depends(get_engine)]) -> AsyncIterator[AsyncConnection]:
+    """A connection whose transaction commits when the route returns and rolls back on error."""
+    async with engine.begin() as conn:
+        yield conn
+
+
+def require_token(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    if not settings.api_token:
+        return
+    expected = f"Bearer {settings.api_token}"
+    if authorization is None or not secrets.compare_digest(authorization.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "this API requires 'Authorization: Bearer <API_TOKEN>' on requests that change tasks",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task id.")]
+ReadConnection = Annotated[AsyncConnection, Depends(read_connection)]
+WriteConnection = Annotated[AsyncConnection, Depends(write_connection)]
+
+
+def not_found(exc: TaskNotFoundError) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
+
+
+def conflict(task_id: int, current: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=status.HTTP_409_CONFLICT,
+        content={"detail": message, "task_id": task_id, "status": current},
+    )
+
+
+@router.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskRead,
+    responses={
+        200: {"model": TaskRead, "description": "Replay: this Idempotency-Key already created the task."},
+        409: {"model": ErrorRead, "description": "The Idempotency-Key was used with another body."},
+        429: {"model": ErrorRead, "description": "MAX_PENDING_TASKS tasks are already pending."},
+        **UNAUTHORIZED,
+    },
+    dependencies=[Depends(require_token)],
+    summary="Create a task",
+)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskRead, include_in_schema=False,
+             dependencies=[Depends(require_token)])
+async def create_task(
+    body: TaskCreateRequest,
+    request: Request,
+    response: Response,
+    conn: WriteConnection,
+    settings: Annotated[Settings, Depends(get_settings)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+            description="Any unique string; repeating a request with the same key returns the same task.",
+        ),
+    ] = None,
+) -> TaskRead | JSONResponse:
+    """Store a pending task and return at once; a worker runs it in the background."""
+    request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key else None
+    try:
+        task, created = await crud.create_task(
+            conn,
+            name=body.name,
+            type=body.type,
+            execution_time=body.execution_time,
+            failure_rate=body.failure_rate,
+            max_attempts=settings.max_attempts,
+            max_pending=settings.max_pending_tasks,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+    except IdempotencyConflictError as exc:
+        return JSONResponse(status_code=status.HTTP_409_CONFLICT, content={"detail": str(exc)})
+    except QueueFullError as exc:
+        return JSONResponse(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
+        )
+
+    # Commit now, so that the worker woken below can see the row.
+    await conn.commit()
+    response.headers["Location"] = f"/tasks/{task['id']}"
+    if created:
+        metrics.TASKS_CREATED.inc()
+        worker = getattr(request.app.state, "worker", None)
+        if worker is not None:
+            worker.wake()
+    else:
+        response.status_code = status.HTTP_200_OK
+    return TaskRead.model_validate(task)
+
+
+@router.get("/", response_model=TaskListRead, summary="List tasks, newest first")
+@router.get("", response_model=TaskListRead, include_in_schema=False)
+async def list_tasks(
+    conn: ReadConnection,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size, 1 to 200.")] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip, 0 to {MAX_OFFSET}.")] = 0,
+    status_filter: Annotated[
+        list[TaskStatus] | None, Query(alias="status", description="Repeat to match several statuses.")
+    ] = None,
+    type: Annotated[TaskType | None, Query(description="Only tasks of this type.")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Case-insensitive text the name contains.")] = None,
+) -> TaskListRead:
+    task_filter = crud.TaskFilter(statuses=tuple(status_filter or ()), type=type, name_contains=q)
+    items = await crud.list_tasks(conn, task_filter, limit=limit, offset=offset)
+    counts = await crud.count_tasks_by_status(conn)
+    total = await crud.count_tasks(conn, task_filter, counts)
+    return TaskListRead(
+        items=[TaskRead.model_validate(item) for item in items],
+        total=total,
+        limit=limit,
+        offset=offset,
+        counts=StatusCounts(**counts),
+    )
+
+
+@router.get("/{task_id}", response_model=TaskRead, responses=NOT_FOUND, summary="Get one task")
+async def get_task(task_id: TaskId, conn: ReadConnection) -> TaskRead:
+    try:
+        return TaskRead.model_validate(await crud.get_task(conn, task_id))
+    except TaskNotFoundError as exc:
+        raise not_found(exc) from exc
+
+
+@router.get(
+    "/{task_id}/logs", response_model=list[TaskLogRead], responses=NOT_FOUND, summary="Execution log, oldest first"
+)
+async def list_task_logs(task_id: TaskId, conn: ReadConnection) -> list[TaskLogRead]:
+    try:
+        logs = await crud.list_task_logs(conn, task_id)
+    except TaskNotFoundError as exc:
+        raise not_found(exc) from exc
+    return [TaskLogRead.model_validate(line) for line in logs]
+
+
+@router.post(
+    "/{task_id}/cancel",
+    response_model=TaskRead,
+    responses={**NOT_FOUND, **CONFLICT, **UNAUTHORIZED},
+    dependencies=[Depends(require_token)],
+    summary="Cancel a pending or running task",
+)
+async def cancel_task(task_id: TaskId, conn: WriteConnection) -> TaskRead | JSONResponse:
+    try:
+        task = await crud.cancel_task(conn, task_id)
+    except TaskNotFoundError as exc:
+        raise not_found(exc) from exc
+    except InvalidTransitionError as exc:
+        return conflict(task_id, exc.current, f"task {task_id} is already {exc.current}, so it cannot be cancelled")
+    await conn.commit()
+    metrics.TASKS_CANCELLED.inc()
+    return TaskRead.model_validate(task)
+
+
+@router.delete(
+    "/{task_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**NOT_FOUND, **CONFLICT, **UNAUTHORIZED},
+    dependencies=[Depends(require_token)],
+    summary="Delete a finished task and its logs",
+)
+async def delete_task(task_id: TaskId, conn: WriteConnection) -> Response:
+    try:
+        await crud.delete_task(conn, task_id)
+    except TaskNotFoundError as exc:
+        raise not_found(exc) from exc
+    except TaskNotDeletableError as exc:
+        return conflict(task_id, exc.current, str(exc))
+    await conn.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

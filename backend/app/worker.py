@@ -1,0 +1,560 @@
+"""The worker: claims due tasks, runs them as coroutines, records results, retries and leases.
+
+One Worker runs per process, inside the API (started by its lifespan) or alone with
+`python -m app.worker`. Any number of them can share one database: claims use
+FOR UPDATE SKIP LOCKED, and every result is written only while the run's lease is valid.
+"""
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import crud, metrics
+from app.crud import ClaimedRun, RunFailure, RunSuccess
+from app.db import create_engine
+from app.handlers import HANDLERS, SimulatedFailure
+from app.logs import configure_logging
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "the database is unreachable or went away"; the worker waits and retries.
+DATABASE_ERRORS = (SQLAlchemyError, DBAPIError, OperationalError, OSError, asyncpg.PostgresError)
+
+# Results written per statement; larger batches wait for the next flush.
+FLUSH_BATCH_SIZE = 2000
+# Pause after a failed database call, doubled up to the maximum while failures continue.
+DATABASE_RETRY_SECONDS = 0.5
+DATABASE_RETRY_MAX_SECONDS = 5.0
+
+
+def compute_retry_delay(settings: Settings, failed_runs: int) -> float:
+    """Exponential backoff with +-20 % jitter: about base, 2 x base, 4 x base... up to the cap."""
+    delay = settings.retry_backoff_base_seconds * 2 ** max(failed_runs - 1, 0)
+    jittered = delay * random.uniform(0.8, 1.2)
+    return min(jittered, settings.retry_backoff_max_seconds)
+
+
+def heartbeat_interval(settings: Settings) -> float:
+    """Seconds between two lease renewals and heartbeats of a worker."""
+    return min(settings.lease_seconds / 3, 5.0)
+
+
+def heartbeat_stale_after(settings: Settings) -> float:
+    """Age after which no worker is considered alive: three missed heartbeats."""
+    return 3 * heartbeat_interval(settings) + 1
+
+
+def listen_dsn(engine: AsyncEngine) -> str:
+    """The engine's URL in the form asyncpg.connect() expects."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Worker:
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.id = uuid.uuid4()
+        self._engine = engine
+        self._settings = settings
+        # Strong references to every run coroutine, so none is garbage-collected mid-run.
+        # A run keeps its slot until its result is written, which bounds memory and leases.
+        self._runs: dict[int, tuple[ClaimedRun, asyncio.Task[None] | None]] = {}
+        self._results: list[RunSuccess | RunFailure] = []
+        self._results_ready = asyncio.Event()
+        self._wake_event = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._listener: asyncpg.Connection | None = None
+        self._listener_lost = asyncio.Event()
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def running_count(self) -> int:
+        return len(self._runs)
+
+    def wake(self) -> None:
+        """Make the claim loop look for due tasks now (a task was created in this process)."""
+        self._wake_event.set()
+
+    async def run(self) -> None:
+        """Claim and run tasks until stop() is called."""
+        logger.info(
+            "worker started",
+            extra={"event": "worker_started", "worker_id": str(self.id), "concurrency": self._settings.worker_concurrency},
+        )
+        for loop_function in (self._flush_loop, self._maintenance_loop, self._listen_loop):
+            self._spawn(loop_function())
+        try:
+            await self._claim_loop()
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop claiming, let running tasks finish within the grace period, release the rest."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self.wake()
+        await self._stopped.wait()
+        logger.info(
+            "worker stopping",
+            extra={"event": "worker_stopping", "worker_id": str(self.id), "running": len(self._runs)},
+        )
+
+        await self._wait_for_runs(self._settings.shutdown_grace_seconds)
+        unfinished = await self._cancel_runs()
+        await self._flush_remaining()
+        await self._release(unfinished)
+
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._close_listener()
+        await self._unregister()
+        logger.info("worker stopped", extra={"event": "worker_stopped", "worker_id": str(self.id)})
+
+    # --- claiming and running -------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            # Clear before claiming: a wake-up that arrives during the claim is kept.
+            self._wake_event.clear()
+            free_slots = self._settings.worker_concurrency - len(self._runs)
+            limit = min(free_slots, self._settings.worker_batch_size)
+            claimed: list[ClaimedRun] = []
+            if limit > 0:
+                try:
+                    claimed = await self._claim(limit)
+                    failures = 0
+                except DATABASE_ERRORS as exc:
+                    failures += 1
+                    await self._pause_after_database_error("claim tasks", exc, failures)
+                    continue
+
+            for run in claimed:
+                self._start_run(run)
+
+            if claimed and len(claimed) == limit:
+                # A full batch: more tasks are probably due. Let the runs start first.
+                await asyncio.sleep(0)
+                continue
+            await self._wait_for_wake(self._settings.worker_poll_interval_seconds)
+
+    async def _claim(self, limit: int) -> list[ClaimedRun]:
+        started = time.perf_counter()
+        async with self._engine.begin() as conn:
+            claimed = await crud.claim_tasks(
+                conn, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
+            )
+        metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
+        metrics.TASKS_STARTED.inc(len(claimed))
+        return claimed
+
+    async def _wait_for_wake(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake_event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _start_run(self, run: ClaimedRun) -> None:
+        logger.info(
+            "task started",
+            extra={
+                "event": "started",
+                "task_id": run.task_id,
+                "attempt": run.attempt,
+                "status": "running",
+                "worker_id": str(self.id),
+            },
+        )
+        task = asyncio.create_task(self._execute(run), name=f"task-{run.task_id}-run-{run.attempt}")
+        self._runs[run.task_id] = (run, task)
+
+    async def _execute(self, run: ClaimedRun) -> None:
+        started = time.perf_counter()
+        try:
+            handler = HANDLERS.get(run.type)
+            if handler is None:
+                raise LookupError(f"no handler is registered for task type {run.type!r}")
+            await handler(run)
+        except asyncio.CancelledError:
+            # Cancelled by stop() or because the task was cancelled or taken over: the caller
+            # decides what happens to the task, so no result is recorded here.
+            raise
+        except Exception as exc:
+            slept = time.perf_counter() - started
+            self._record_failure(run, exc, slept)
+        else:
+            slept = time.perf_counter() - started
+            metrics.RUN_SECONDS.observe(slept)
+            self._results.append(RunSuccess(run=run, slept_seconds=slept))
+            self._results_ready.set()
+        finally:
+            entry = self._runs.get(run.task_id)
+            if entry is not None and entry[0] is run:
+                # The slot stays taken until the result is written; only drop the coroutine.
+                self._runs[run.task_id] = (run, None)
+
+    def _record_failure(self, run: ClaimedRun, exc: Exception, slept: float) -> None:
+        error = str(exc) if isinstance(exc, SimulatedFailure) else f"{type(exc).__name__}: {exc}"
+        delay = compute_retry_delay(self._settings, run.attempt)
+        log_args = {
+            "event": "failed",
+            "task_id": run.task_id,
+            "attempt": run.attempt,
+            "status": "running",
+            "error": error,
+        }
+        if isinstance(exc, SimulatedFailure):
+            logger.warning("task run failed: %s", error, extra=log_args)
+        else:
+            logger.warning("task run failed: %s", error, extra=log_args, exc_info=exc)
+        metrics.RUN_SECONDS.observe(slept)
+        self._results.append(RunFailure(run=run, error=error, retry_delay_seconds=delay, slept_seconds=slept))
+        self._results_ready.set()
+
+    # --- writing results ------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            while self._results:
+                batch = self._results[:FLUSH_BATCH_SIZE]
+                del self._results[:FLUSH_BATCH_SIZE]
+                try:
+                    await self._write_results(batch)
+                    failures = 0
+                except DATABASE_ERRORS as exc:
+                    # Keep the results: they are written once the database is back, while
+                    # the leases of their runs keep being renewed.
+                    self._results[:0] = batch
+                    failures += 1
+                    await self._pause_after_database_error("record task results", exc, failures)
+
+    async def _write_results(self, batch: list[RunSuccess | RunFailure]) -> None:
+        successes = [item for item in batch if isinstance(item, RunSuccess)]
+        failures = [item for item in batch if isinstance(item, RunFailure)]
+
+        async with self._engine.begin() as conn:
+            completed = await crud.complete_runs(conn, successes)
+            failed = await crud.fail_runs(conn, failures)
+
+        discarded = [
+            item.run for item in batch if item.run.task_id not in completed and item.run.task_id not in failed
+        ]
+        if discarded:
+            await self._log_discarded(discarded, "the task was cancelled or its lease passed to another worker")
+
+        for item in successes:
+            if item.run.task_id in completed:
+                self._log_success(item)
+        for item in failures:
+            status = failed.get(item.run.task_id)
+            if status is not None:
+                self._log_failure_outcome(item, status)
+
+        for item in batch:
+            self._runs.pop(item.run.task_id, None)
+        self.wake()
+
+    def _log_success(self, item: RunSuccess) -> None:
+        metrics.TASKS_COMPLETED.inc()
+        logger.info(
+            "task completed",
+            extra={
+                "event": "succeeded",
+                "task_id": item.run.task_id,
+                "attempt": item.run.attempt,
+                "status": "completed",
+                "duration_seconds": round(item.slept_seconds, 3),
+            },
+        )
+
+    def _log_failure_outcome(self, item: RunFailure, status: str) -> None:
+        fields = {"task_id": item.run.task_id, "attempt": item.run.attempt, "status": status}
+        if status == "pending":
+            metrics.TASKS_RETRIED.inc()
+            logger.warning(
+                "task retry scheduled in %.1f s",
+                item.retry_delay_seconds,
+                extra={"event": "retry_scheduled", **fields},
+            )
+            # Come back when the retry is due instead of waiting for the next poll.
+            asyncio.get_running_loop().call_later(item.retry_delay_seconds, self.wake)
+        else:
+            metrics.TASKS_FAILED.inc()
+            logger.error(
+                "task failed for good after %d runs: %s",
+                item.run.attempt,
+                item.error,
+                extra={"event": "retries_exhausted", **fields},
+            )
+
+    async def _log_discarded(self, runs: list[ClaimedRun], reason: str) -> None:
+        for run in runs:
+            logger.warning(
+                "result of task run discarded: %s",
+                reason,
+                extra={"event": "result_discarded", "task_id": run.task_id, "attempt": run.attempt},
+            )
+        try:
+            async with self._engine.begin() as conn:
+                await crud.log_discarded_results(conn, runs, reason)
+        except DATABASE_ERRORS:
+            logger.exception("could not write the discarded-result log lines", extra={"event": "log_failed"})
+
+    # --- leases, recovery, heartbeat ------------------------------------------------------
+
+    @property
+    def _maintenance_interval(self) -> float:
+        return heartbeat_interval(self._settings)
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            try:
+                await self._renew_leases()
+                await self._recover_lost_runs()
+                async with self._engine.begin() as conn:
+                    await crud.record_worker_heartbeat(
+                        conn, worker_id=self.id, hostname=socket.gethostname(), pid=os.getpid()
+                    )
+                    await crud.prune_workers(conn, older_than_seconds=max(60.0, 10 * self._settings.lease_seconds))
+            except DATABASE_ERRORS as exc:
+                logger.warning(
+                    "lease renewal or recovery failed, retrying in %.1f s: %s",
+                    self._maintenance_interval,
+                    exc,
+                    extra={"event": "maintenance_failed"},
+                )
+            await asyncio.sleep(self._maintenance_interval)
+
+    async def _renew_leases(self) -> None:
+        held = {run.lease_token: run for run, _ in self._runs.values()}
+        if not held:
+            return
+        async with self._engine.begin() as conn:
+            valid = await crud.renew_leases(
+                conn, worker_id=self.id, tokens=list(held), lease_seconds=self._settings.lease_seconds
+            )
+        lost = [run for token, run in held.items() if token not in valid]
+        self._abandon_runs(lost, "its lease is no longer held (cancelled or taken over)")
+
+    def _abandon_runs(self, runs: Iterable[ClaimedRun], reason: str) -> None:
+        """Stop runs whose task this worker no longer owns; nothing of theirs will be written."""
+        for run in runs:
+            entry = self._runs.get(run.task_id)
+            if entry is None or entry[0].lease_token != run.lease_token:
+                continue
+            task = entry[1]
+            if task is not None:
+                task.cancel()
+                del self._runs[run.task_id]
+            logger.info(
+                "task run abandoned: %s",
+                reason,
+                extra={"event": "run_abandoned", "task_id": run.task_id, "attempt": run.attempt},
+            )
+        self.wake()
+
+    async def _recover_lost_runs(self) -> None:
+        async with self._engine.begin() as conn:
+            recovered = await crud.recover_lost_runs(
+                conn, retry_delay_seconds=compute_retry_delay(self._settings, 1)
+            )
+        for row in recovered:
+            metrics.TASKS_RECOVERED.inc()
+            logger.warning(
+                "task recovered after a lost worker",
+                extra={
+                    "event": "recovered",
+                    "task_id": row["id"],
+                    "attempt": row["attempts"],
+                    "status": row["status"],
+                },
+            )
+        if recovered:
+            asyncio.get_running_loop().call_later(self._settings.retry_backoff_max_seconds, self.wake)
+            self.wake()
+
+    # --- LISTEN/NOTIFY --------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        """Keep a LISTEN connection so that tasks created by other processes wake this worker.
+
+        The claim loop also polls, so a notification lost while this reconnects only delays
+        a task by one poll interval.
+        """
+        failures = 0
+        while True:
+            try:
+                self._listener = await asyncpg.connect(listen_dsn(self._engine), timeout=5)
+                self._listener_lost.clear()
+                self._listener.add_termination_listener(lambda _conn: self._listener_lost.set())
+                await self._listener.add_listener("tasks_pending", self._on_tasks_pending)
+                await self._listener.add_listener("task_cancelled", self._on_task_cancelled)
+                failures = 0
+                logger.info("listening for new tasks", extra={"event": "listener_connected"})
+                # Tasks created while the listener was away are found by this claim.
+                self.wake()
+                await self._listener_lost.wait()
+                logger.warning("listener connection lost, reconnecting", extra={"event": "listener_lost"})
+            except DATABASE_ERRORS as exc:
+                failures += 1
+                await self._pause_after_database_error("listen for new tasks", exc, failures)
+            finally:
+                await self._close_listener()
+
+    def _on_tasks_pending(self, *_args: object) -> None:
+        self.wake()
+
+    def _on_task_cancelled(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            task_id = int(payload)
+        except ValueError:
+            return
+        entry = self._runs.get(task_id)
+        if entry is not None:
+            self._abandon_runs([entry[0]], "the task was cancelled")
+
+    async def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            try:
+                await asyncio.wait_for(listener.close(), 2)
+            except (TimeoutError, *DATABASE_ERRORS):
+                listener.terminate()
+
+    # --- stopping -------------------------------------------------------------------------
+
+    async def _wait_for_runs(self, timeout: float) -> None:
+        tasks = [task for _, task in self._runs.values() if task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def _cancel_runs(self) -> list[ClaimedRun]:
+        unfinished = [(run, task) for run, task in self._runs.values() if task is not None and not task.done()]
+        for _, task in unfinished:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in unfinished), return_exceptions=True)
+        for run, _ in unfinished:
+            self._runs.pop(run.task_id, None)
+        return [run for run, _ in unfinished]
+
+    async def _flush_remaining(self) -> None:
+        for attempt in range(3):
+            if not self._results:
+                return
+            batch, self._results = self._results, []
+            try:
+                await self._write_results(batch)
+            except DATABASE_ERRORS as exc:
+                self._results = batch
+                logger.warning(
+                    "could not record task results at shutdown (try %d of 3): %s",
+                    attempt + 1,
+                    exc,
+                    extra={"event": "flush_failed"},
+                )
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+        if self._results:
+            logger.error(
+                "%d task results could not be recorded; their tasks return after the lease expires",
+                len(self._results),
+                extra={"event": "results_lost"},
+            )
+
+    async def _release(self, runs: list[ClaimedRun]) -> None:
+        if not runs:
+            return
+        try:
+            async with self._engine.begin() as conn:
+                released = await crud.release_runs(conn, runs, "the worker stopped before the run finished")
+        except DATABASE_ERRORS:
+            logger.exception(
+                "could not return %d unfinished tasks to the queue; they return after the lease expires",
+                len(runs),
+                extra={"event": "release_failed"},
+            )
+            return
+        for run in runs:
+            if run.task_id in released:
+                logger.info(
+                    "task returned to the queue",
+                    extra={"event": "released", "task_id": run.task_id, "attempt": run.attempt, "status": "pending"},
+                )
+
+    async def _unregister(self) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await crud.remove_worker(conn, self.id)
+        except DATABASE_ERRORS:
+            logger.warning("could not remove the worker's heartbeat row", extra={"event": "unregister_failed"})
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: "asyncio._CoroutineLike[None]") -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._on_background_done)
+
+    def _on_background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "worker loop %s crashed",
+                task.get_name(),
+                exc_info=task.exception(),
+                extra={"event": "loop_crashed"},
+            )
+
+    async def _pause_after_database_error(self, action: str, exc: BaseException, failures: int) -> None:
+        delay = min(DATABASE_RETRY_SECONDS * 2 ** (failures - 1), DATABASE_RETRY_MAX_SECONDS)
+        logger.warning(
+            "could not %s, retrying in %.1f s: %s",
+            action,
+            delay,
+            exc,
+            extra={"event": "database_error", "failures": failures},
+        )
+        await asyncio.sleep(delay)
+
+
+async def run_standalone(settings: Settings) -> None:
+    """Run one worker until SIGTERM or SIGINT, then stop it gracefully."""
+    engine = create_engine(settings)
+    worker = Worker(engine, settings)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop_requested.set)
+
+    run_task = asyncio.create_task(worker.run())
+    await stop_requested.wait()
+    await worker.stop()
+    await run_task
+    await engine.dispose()
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    asyncio.run(run_standalone(settings))
+
+
+if __name__ == "__main__":
+    main()

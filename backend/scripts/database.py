@@ -1,0 +1,117 @@
+"""Find or start a PostgreSQL server for `make run` and the tests, and create databases on it.
+
+  python scripts/database.py url                 DATABASE_URL, or the embedded server's `tasks` database
+  python scripts/database.py create --prefix P   a new empty database on the test server; prints its URL
+  python scripts/database.py drop URL            drop a database made by `create`
+  python scripts/database.py admin-url           the test server's URL of its `postgres` database
+
+The test server is TEST_DATABASE_URL's server when that is set, else an embedded PostgreSQL
+(the pgserver package bundles the binaries) kept under .data/test-postgres. `make run` uses
+.data/postgres, so tests never touch its data.
+"""
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_DATA_DIR = REPO_ROOT / ".data" / "postgres"
+TEST_DATA_DIR = REPO_ROOT / ".data" / "test-postgres"
+RUN_DATABASE = "tasks"
+
+
+def start_embedded_server(data_dir: Path) -> str:
+    """Start (or reuse) the embedded server in data_dir; return its admin URL (asyncpg driver)."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None leaves the server running for the next command, which reuses it.
+    server = pgserver.get_server(data_dir, cleanup_mode=None)
+    socket_dir = server.get_postmaster_info().socket_dir
+    return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+
+
+def asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def with_database(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+async def ensure_database(admin_url: str, database: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(url: str) -> None:
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database in ("postgres", "template0", "template1"):
+        raise SystemExit(f"refusing to drop database {database!r}")
+    conn = await asyncpg.connect(asyncpg_dsn(with_database(url, "postgres")))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def test_admin_url() -> str:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        return with_database(configured.replace("postgresql://", "postgresql+asyncpg://", 1), "postgres")
+    return start_embedded_server(TEST_DATA_DIR)
+
+
+def run_url() -> str:
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        return configured
+    admin_url = start_embedded_server(RUN_DATA_DIR)
+    asyncio.run(ensure_database(admin_url, RUN_DATABASE))
+    return with_database(admin_url, RUN_DATABASE)
+
+
+def create_test_database(prefix: str) -> str:
+    admin_url = test_admin_url()
+    database = f"{prefix}_{secrets.token_hex(4)}"
+    asyncio.run(ensure_database(admin_url, database))
+    return with_database(admin_url, database)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("url", help="print the database URL for `make run`")
+    commands.add_parser("admin-url", help="print the test server's admin URL")
+    create = commands.add_parser("create", help="create an empty test database and print its URL")
+    create.add_argument("--prefix", default="test", help="database name prefix (letters, digits, _)")
+    drop = commands.add_parser("drop", help="drop a database created by `create`")
+    drop.add_argument("url")
+    args = parser.parse_args()
+
+    if args.command == "url":
+        print(run_url())
+    elif args.command == "admin-url":
+        print(test_admin_url())
+    elif args.command == "create":
+        if not args.prefix.replace("_", "").isalnum():
+            sys.exit(f"--prefix must contain only letters, digits and _, got {args.prefix!r}")
+        print(create_test_database(args.prefix))
+    elif args.command == "drop":
+        asyncio.run(drop_database(args.url))
+
+
+if __name__ == "__main__":
+    main()
