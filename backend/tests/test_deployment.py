@@ -441,11 +441,15 @@ def check_variables_documented(deployment: Deployment) -> list[str]:
 
 
 def check_env_comments(deployment: Deployment) -> list[str]:
-    return [
-        f"{ENV_EXAMPLE_FILE}: {name} has no comment line right above it giving meaning and default"
-        for name, entry in deployment.env.items()
-        if not entry.comment
-    ]
+    problems = []
+    for name, entry in deployment.env.items():
+        if not entry.comment:
+            problems.append(f"{ENV_EXAMPLE_FILE}: {name} has no comment line right above it")
+        elif not re.search(r"\b(default|required)\b", entry.comment):
+            problems.append(
+                f"{ENV_EXAMPLE_FILE}: the comment on {name} gives no default and does not say it is required"
+            )
+    return problems
 
 
 def check_settings_documented(deployment: Deployment) -> list[str]:
@@ -882,6 +886,9 @@ BROKEN_CASES = {
     "env_comment_missing": BrokenCase(
         "env_comments", ENV_EXAMPLE_FILE, "# Runs a task gets before it is marked failed for good (default 3).\n", ""
     ),
+    "env_comment_without_default": BrokenCase(
+        "env_comments", ENV_EXAMPLE_FILE, "in milliseconds (default 2000).", "in milliseconds."
+    ),
     "setting_missing_from_env_example": BrokenCase(
         "settings_documented", ENV_EXAMPLE_FILE, "\nLEASE_SECONDS=30\n", "\n"
     ),
@@ -1052,3 +1059,9 @@ def test_startup_check_accepts_argument_lists() -> None:
     assert contains_command(text, MIGRATE_COMMAND)
     assert contains_command(text, SERVE_COMMAND)
     assert not contains_command("alembic downgrade head", MIGRATE_COMMAND)
+
+
+def test_every_check_has_broken_case() -> None:
+    covered = {case.check_name for case in BROKEN_CASES.values()} | {"startup_code"}
+
+    assert covered == set(CHECKS)
