@@ -13,7 +13,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
@@ -36,6 +37,8 @@ FLUSH_BATCH_SIZE = 2000
 # Pause after a failed database call, doubled up to the maximum while failures continue.
 DATABASE_RETRY_SECONDS = 0.5
 DATABASE_RETRY_MAX_SECONDS = 5.0
+# Tries to write the last results while stopping before giving up on them.
+SHUTDOWN_WRITE_TRIES = 3
 
 
 def compute_retry_delay(settings: Settings, failed_runs: int) -> float:
@@ -76,6 +79,9 @@ class Worker:
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncpg.Connection | None = None
         self._listener_lost = asyncio.Event()
+        self._flush_task: asyncio.Task[None] | None = None
+        # Set by stop(): the flush loop writes what is left and then returns.
+        self._closing = False
 
     # --- public ---------------------------------------------------------------------------
 
@@ -93,8 +99,9 @@ class Worker:
             "worker started",
             extra={"event": "worker_started", "worker_id": str(self.id), "concurrency": self._settings.worker_concurrency},
         )
-        for loop_function in (self._flush_loop, self._maintenance_loop, self._listen_loop):
-            self._spawn(loop_function())
+        self._flush_task = self._spawn(self._flush_loop())
+        self._spawn(self._maintenance_loop())
+        self._spawn(self._listen_loop())
         try:
             await self._claim_loop()
         finally:
@@ -115,7 +122,7 @@ class Worker:
 
         await self._wait_for_runs(self._settings.shutdown_grace_seconds)
         unfinished = await self._cancel_runs()
-        await self._flush_remaining()
+        await self._drain_results()
         await self._release(unfinished)
 
         for task in list(self._background):
@@ -244,7 +251,24 @@ class Worker:
                     # the leases of their runs keep being renewed.
                     self._results[:0] = batch
                     failures += 1
+                    if self._closing and failures >= SHUTDOWN_WRITE_TRIES:
+                        logger.error(
+                            "%d task results could not be recorded before shutdown; "
+                            "their tasks return to the queue when the lease expires",
+                            len(self._results),
+                            extra={"event": "results_lost"},
+                        )
+                        return
                     await self._pause_after_database_error("record task results", exc, failures)
+            if self._closing:
+                return
+
+    async def _drain_results(self) -> None:
+        """Let the flush loop write every result that is left, then end it."""
+        self._closing = True
+        self._results_ready.set()
+        if self._flush_task is not None:
+            await asyncio.gather(self._flush_task, return_exceptions=True)
 
     async def _write_results(self, batch: list[RunSuccess | RunFailure]) -> None:
         successes = [item for item in batch if isinstance(item, RunSuccess)]
@@ -455,29 +479,6 @@ class Worker:
             self._runs.pop(run.task_id, None)
         return [run for run, _ in unfinished]
 
-    async def _flush_remaining(self) -> None:
-        for attempt in range(3):
-            if not self._results:
-                return
-            batch, self._results = self._results, []
-            try:
-                await self._write_results(batch)
-            except DATABASE_ERRORS as exc:
-                self._results = batch
-                logger.warning(
-                    "could not record task results at shutdown (try %d of 3): %s",
-                    attempt + 1,
-                    exc,
-                    extra={"event": "flush_failed"},
-                )
-                await asyncio.sleep(DATABASE_RETRY_SECONDS)
-        if self._results:
-            logger.error(
-                "%d task results could not be recorded; their tasks return after the lease expires",
-                len(self._results),
-                extra={"event": "results_lost"},
-            )
-
     async def _release(self, runs: list[ClaimedRun]) -> None:
         if not runs:
             return
@@ -507,10 +508,11 @@ class Worker:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _spawn(self, coroutine: "asyncio._CoroutineLike[None]") -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._on_background_done)
+        return task
 
     def _on_background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
