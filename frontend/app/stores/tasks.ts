@@ -9,6 +9,7 @@ import type {
   TaskLog,
 } from '~/types/tasks'
 import { describeApiError, type ApiProblem } from '~/utils/api-errors'
+import { fetchJson } from '~/utils/http'
 import { createTaskAnnouncer } from '~/utils/task-announcer'
 import { buildListQuery, createEmptyCounts, DEFAULT_PAGE_SIZE, STATUS_LABELS } from '~/utils/tasks'
 
@@ -89,7 +90,7 @@ export const useTasksStore = defineStore('tasks', () => {
   }
 
   function readFromApi<T>(path: string, options: { query?: Record<string, string | number>, signal?: AbortSignal } = {}): Promise<T> {
-    return $fetch<T>(path, {
+    return fetchJson<T>(path, {
       baseURL: readBaseUrl(),
       query: options.query,
       signal: options.signal,
@@ -102,7 +103,7 @@ export const useTasksStore = defineStore('tasks', () => {
 
   /** Sends a mutation through the Nuxt server routes, which add the API token when one is configured. */
   function mutateThroughServer<T>(path: string, options: { method: 'POST' | 'DELETE', body?: unknown, headers?: Record<string, string> }): Promise<T> {
-    return $fetch<T>(path, {
+    return fetchJson<T>(path, {
       method: options.method,
       body: options.body as Record<string, unknown> | undefined,
       headers: options.headers,
@@ -122,7 +123,6 @@ export const useTasksStore = defineStore('tasks', () => {
   }
 
   function markApiReachable(): void {
-    lastReadErrorMessage = null
     if (!isApiUnreachable.value) {
       return
     }
@@ -220,6 +220,7 @@ export const useTasksStore = defineStore('tasks', () => {
     counts.value = { ...createEmptyCounts(), ...response.counts }
     hasLoadedList.value = true
     listErrorMessage.value = null
+    lastReadErrorMessage = null
     markApiReachable()
     announceFinishedTasks(response.items)
 
@@ -302,6 +303,7 @@ export const useTasksStore = defineStore('tasks', () => {
     selectedLogs.value = logs
     isSelectedTaskMissing.value = false
     taskErrorMessage.value = null
+    lastReadErrorMessage = null
     replaceTaskInList(task)
     markApiReachable()
     announceFinishedTasks([task])
