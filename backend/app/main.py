@@ -83,7 +83,7 @@ def create_app() -> FastAPI:
         summary="Create background tasks and follow them through pending, running, completed or failed.",
         version="1.0.0",
         lifespan=lifespan,
-        # /tasks and /tasks/ are both declared; no path answers with a redirect.
+        # /tasks and /tasks/ are both declared; no path redirects.
         redirect_slashes=False,
     )
     app.include_router(tasks_router)
@@ -114,7 +114,7 @@ def create_app() -> FastAPI:
 
     @app.get("/health", response_model=HealthRead, tags=["service"], responses={503: {"model": HealthRead}})
     async def health() -> JSONResponse:
-        """Report whether the database answers and some worker renewed its heartbeat recently."""
+        """Report whether the database responds and some worker renewed its heartbeat recently."""
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
                 async with app.state.engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids, a body size limit and a JSON answer for unhandled errors."""
+"""Pure ASGI middleware: request ids, a body size limit and a JSON response for unhandled errors."""
 
 import json
 import logging
@@ -63,7 +63,7 @@ class BodySizeLimitError(Exception):
 
 
 class BodySizeLimitMiddleware:
-    """Answer 413 to bodies over MAX_BODY_BYTES, by declared length or by counting the stream."""
+    """Reject bodies over MAX_BODY_BYTES with 413, by declared length or by counting the stream."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app

@@ -59,7 +59,7 @@ def heartbeat_stale_after(settings: Settings) -> float:
 
 
 def listen_dsn(engine: AsyncEngine) -> str:
-    """The engine's URL in the form asyncpg.connect() expects."""
+    """Render the engine's URL in the form asyncpg.connect() expects."""
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 

@@ -86,7 +86,7 @@ async def drop_database(url: str) -> None:
         await conn.close()
 
 
-def test_admin_url() -> str:
+def admin_url_for_tests() -> str:
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
         return with_database(configured.replace("postgresql://", "postgresql+asyncpg://", 1), "postgres")
@@ -107,7 +107,7 @@ def run_url() -> str:
 
 
 def create_test_database(prefix: str) -> str:
-    admin_url = test_admin_url()
+    admin_url = admin_url_for_tests()
     database = f"{prefix}_{secrets.token_hex(4)}"
     asyncio.run(ensure_database(admin_url, database))
     return with_database(admin_url, database)
@@ -127,7 +127,7 @@ def main() -> None:
     if args.command == "url":
         print(run_url())
     elif args.command == "admin-url":
-        print(test_admin_url())
+        print(admin_url_for_tests())
     elif args.command == "create":
         if not args.prefix.replace("_", "").isalnum():
             sys.exit(f"--prefix must contain only letters, digits and _, got {args.prefix!r}")

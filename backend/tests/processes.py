@@ -81,7 +81,7 @@ class ApiProcess(Process):
         return f"http://127.0.0.1:{self.port}"
 
     def wait_until_serving(self, timeout: float = 20.0) -> None:
-        """Wait until the port answers HTTP (any status), or fail with the process output."""
+        """Wait until the port serves HTTP (any status), or fail with the process output."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen is not None and self.popen.poll() is not None:

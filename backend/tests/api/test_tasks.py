@@ -300,7 +300,7 @@ async def test_idempotency_key_with_other_body_returns_409(client: httpx.AsyncCl
     assert (await client.get("/tasks/")).json()["total"] == 1
 
 
-async def test_concurrent_requests_with_one_idempotency_key_create_one_task(client: httpx.AsyncClient) -> None:
+async def test_concurrent_idempotent_creates_make_one_task(client: httpx.AsyncClient) -> None:
     headers = {"Idempotency-Key": "double-click"}
 
     responses = await asyncio.gather(*(client.post("/tasks/", json=TASK_BODY, headers=headers) for _ in range(5)))
