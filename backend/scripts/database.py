@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,7 +49,10 @@ class EmbeddedServer:
         if self.keep_running:
             return
         commands = sys.modules[self._module.__name__ + "._commands"]
-        commands.pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=self._server.system_user)
+        try:
+            commands.pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=self._server.system_user)
+        except subprocess.CalledProcessError as exc:
+            print(f"could not stop the embedded PostgreSQL in {self.data_dir}: {exc}", file=sys.stderr)
 
 
 def start_embedded_server(data_dir: Path, keep_running: bool = True) -> EmbeddedServer:
