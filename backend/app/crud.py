@@ -48,8 +48,8 @@ TASK_COLUMNS = (
     "last_error, created_at, updated_at, started_at, finished_at"
 )
 
-# Counters are summed over this many rows per status; see the migration.
-STATUS_COUNT_SHARDS = 16
+# Filtered counts stop here; the API then reports total_is_exact = false.
+COUNT_LIMIT = 10_000
 
 
 def check_transition(task_id: int, current: str, target: str) -> None:
@@ -234,15 +234,25 @@ async def list_tasks(
     return [dict(row) for row in result.mappings()]
 
 
-async def count_tasks(conn: AsyncConnection, task_filter: TaskFilter, counts: dict[str, int]) -> int:
-    """Count the tasks that match; counts (from count_tasks_by_status) answer status-only filters."""
+async def count_tasks(
+    conn: AsyncConnection, task_filter: TaskFilter, counts: dict[str, int]
+) -> tuple[int, bool]:
+    """Count the tasks that match; return the count and whether it is exact.
+
+    Status-only filters are summed from counts (see count_tasks_by_status). Type and name
+    filters count at most COUNT_LIMIT + 1 rows, so a broad search on a large table stays fast.
+    """
     if task_filter.type is None and not task_filter.name_contains:
         wanted = task_filter.statuses or list(counts)
-        return sum(counts.get(status, 0) for status in wanted)
+        return sum(counts.get(status, 0) for status in wanted), True
 
     where, params = _filter_clause(task_filter)
-    result = await conn.execute(text(f"SELECT count(*) FROM tasks WHERE {where}"), params)
-    return int(result.scalar_one())
+    result = await conn.execute(
+        text(f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {where} LIMIT :cap) AS matched"),
+        {**params, "cap": COUNT_LIMIT + 1},
+    )
+    matched = int(result.scalar_one())
+    return min(matched, COUNT_LIMIT), matched <= COUNT_LIMIT
 
 
 async def count_tasks_by_status(conn: AsyncConnection) -> dict[str, int]:

@@ -135,7 +135,8 @@ class StatusCounts(BaseModel):
 
 class TaskListRead(BaseModel):
     items: list[TaskRead]
-    total: int = Field(description="Tasks that match the filters.")
+    total: int = Field(description="Tasks that match the filters, at most 10,000 when a type or name filter is set.")
+    total_is_exact: bool = Field(description="False when total stopped at its limit and more tasks match.")
     limit: int
     offset: int
     counts: StatusCounts = Field(description="Tasks per status over the whole table, ignoring filters.")

@@ -171,10 +171,11 @@ async def list_tasks(
     task_filter = crud.TaskFilter(statuses=tuple(status_filter or ()), type=type, name_contains=q)
     items = await crud.list_tasks(conn, task_filter, limit=limit, offset=offset)
     counts = await crud.count_tasks_by_status(conn)
-    total = await crud.count_tasks(conn, task_filter, counts)
+    total, total_is_exact = await crud.count_tasks(conn, task_filter, counts)
     return TaskListRead(
         items=[TaskRead.model_validate(item) for item in items],
         total=total,
+        total_is_exact=total_is_exact,
         limit=limit,
         offset=offset,
         counts=StatusCounts(**counts),

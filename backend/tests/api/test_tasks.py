@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import crud
 from app.settings import get_settings
 from app.worker import Worker
 from tests.conftest import wait_until
@@ -427,3 +428,22 @@ async def test_openapi_documents_examples(client: httpx.AsyncClient) -> None:
     assert create_body["examples"][0]["type"] == "notification"
     assert "/tasks/" in spec["paths"]
     assert "/tasks/{task_id}/cancel" in spec["paths"]
+
+
+async def test_filtered_total_stops_at_count_limit(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO tasks (name, type, execution_time, max_attempts) "
+                "SELECT 'many', 'processing', 1, 3 FROM generate_series(1, :count)"
+            ),
+            {"count": crud.COUNT_LIMIT + 5},
+        )
+
+    searched = (await client.get("/tasks/", params={"q": "many", "limit": 1})).json()
+    by_status = (await client.get("/tasks/", params={"status": "pending", "limit": 1})).json()
+
+    assert searched["total"] == crud.COUNT_LIMIT
+    assert searched["total_is_exact"] is False
+    assert by_status["total"] == crud.COUNT_LIMIT + 5
+    assert by_status["total_is_exact"] is True
