@@ -728,7 +728,13 @@ def check_image_commands(deployment: Deployment) -> list[str]:
 
 
 def check_startup_code(deployment: Deployment) -> list[str]:
-    """Check that the end-to-end tests start the servers with the images' commands."""
+    """Check that the end-to-end tests start the servers with the images' commands.
+
+    NOTE: the match is textual and over all start-up sources together. A call
+    that keeps the program in a constant and the arguments elsewhere, such as
+    `execFileSync(BACKEND_ALEMBIC, ['upgrade', 'head'])`, does not match, so
+    each command needs one source that writes it out in one place.
+    """
     sources = deployment.startup_sources
     searched = ", ".join(STARTUP_SOURCE_GLOBS)
     problems = []
