@@ -8,6 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import crud, metrics
@@ -72,6 +74,17 @@ def require_token(
             "this API requires 'Authorization: Bearer <API_TOKEN>' on requests that change tasks",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def reject_nul_character(value: str | None) -> str | None:
+    # PostgreSQL text cannot contain U+0000, so the query would fail in the database instead.
+    if value is not None and "\x00" in value:
+        raise PydanticCustomError(
+            "q_nul_character",
+            "q must not contain the NUL character (U+0000), found at position {position}",
+            {"position": value.index("\x00")},
+        )
+    return value
 
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task id.")]
@@ -166,7 +179,11 @@ async def list_tasks(
         list[TaskStatus] | None, Query(alias="status", description="Repeat to match several statuses.")
     ] = None,
     type: Annotated[TaskType | None, Query(description="Only tasks of this type.")] = None,
-    q: Annotated[str | None, Query(max_length=200, description="Case-insensitive text the name contains.")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="Case-insensitive text the name contains."),
+        AfterValidator(reject_nul_character),
+    ] = None,
 ) -> TaskListRead:
     task_filter = crud.TaskFilter(statuses=tuple(status_filter or ()), type=type, name_contains=q)
     items = await crud.list_tasks(conn, task_filter, limit=limit, offset=offset)
