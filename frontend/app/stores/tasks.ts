@@ -19,6 +19,8 @@ const MIN_POLL_INTERVAL_MS = 100
 /** A read that takes longer counts as failed, so a hung backend cannot stall SSR or polling. */
 const READ_TIMEOUT_MS = 10_000
 const MUTATION_TIMEOUT_MS = 15_000
+const CONNECTION_LOST_TOAST_ID = 'api-connection-lost'
+const CONNECTION_RESTORED_TOAST_ID = 'api-connection-restored'
 
 export type PollTarget = { kind: 'list' } | { kind: 'task', taskId: number }
 
@@ -122,13 +124,20 @@ export const useTasksStore = defineStore('tasks', () => {
     }
   }
 
+  function removeToast(id: string): void {
+    if (import.meta.client) {
+      toast.remove(id)
+    }
+  }
+
   function markApiReachable(): void {
     if (!isApiUnreachable.value) {
       return
     }
     isApiUnreachable.value = false
     unreachableDetail.value = null
-    showToast({ id: 'api-connection', title: 'Connection restored', description: 'The task API answers again.', color: 'success', icon: 'i-lucide-plug-zap' })
+    removeToast(CONNECTION_LOST_TOAST_ID)
+    showToast({ id: CONNECTION_RESTORED_TOAST_ID, title: 'Connection restored', description: 'The task API answers again.', color: 'success', icon: 'i-lucide-plug-zap' })
   }
 
   function markApiUnreachable(problem: ApiProblem): void {
@@ -137,7 +146,8 @@ export const useTasksStore = defineStore('tasks', () => {
       return
     }
     isApiUnreachable.value = true
-    showToast({ id: 'api-connection', title: 'Connection lost', description: 'Cannot reach the task API. Retrying automatically.', color: 'error', icon: 'i-lucide-unplug' })
+    removeToast(CONNECTION_RESTORED_TOAST_ID)
+    showToast({ id: CONNECTION_LOST_TOAST_ID, title: 'Connection lost', description: 'Cannot reach the task API. Retrying automatically.', color: 'error', icon: 'i-lucide-unplug' })
   }
 
   /** Reports a failed read once per distinct message, so a poll that keeps failing does not repeat toasts. */
