@@ -51,14 +51,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await engine.dispose()
 
 
+# asyncpg errors that mean the server cannot serve this process now: it is starting, shutting
+# down or full, or it rejects the configured credentials or database name. Each is a 503, not a bug.
+DATABASE_UNAVAILABLE_CAUSES = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    OSError,
+)
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError, OSError, asyncpg.CannotConnectNowError)):
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError, *DATABASE_UNAVAILABLE_CAUSES)):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, DBAPIError) and isinstance(
-        exc.orig.__cause__ if exc.orig is not None else None,
-        (asyncpg.ConnectionDoesNotExistError, asyncpg.CannotConnectNowError, OSError),
+        exc.orig.__cause__ if exc.orig is not None else None, DATABASE_UNAVAILABLE_CAUSES
     )
 
 
