@@ -63,6 +63,8 @@ class TaskFilter:
     statuses: Sequence[str] = ()
     type: str | None = None
     name_contains: str | None = None
+    # Keyset cursor: only tasks with a smaller id, so a walk never repeats a row.
+    before_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,9 @@ def _filter_clause(task_filter: TaskFilter) -> tuple[str, dict[str, Any]]:
         )
         conditions.append("name ILIKE :pattern")
         params["pattern"] = f"%{escaped}%"
+    if task_filter.before_id is not None:
+        conditions.append("id < :before_id")
+        params["before_id"] = task_filter.before_id
     where = " AND ".join(conditions) if conditions else "TRUE"
     return where, params
 
@@ -222,13 +227,14 @@ def _filter_clause(task_filter: TaskFilter) -> tuple[str, dict[str, Any]]:
 async def list_tasks(
     conn: AsyncConnection, task_filter: TaskFilter, *, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    """Return one page, newest first; the id breaks ties between equal created_at values."""
+    """Return one page, newest first.
+
+    Ids grow with every insert, so id order is creation order without ties, even for rows
+    that one transaction inserted with the same created_at.
+    """
     where, params = _filter_clause(task_filter)
     result = await conn.execute(
-        text(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE {where} "
-            "ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :offset"
-        ),
+        text(f"SELECT {TASK_COLUMNS} FROM tasks WHERE {where} ORDER BY id DESC LIMIT :limit OFFSET :offset"),
         {**params, "limit": limit, "offset": offset},
     )
     return [dict(row) for row in result.mappings()]
@@ -239,10 +245,10 @@ async def count_tasks(
 ) -> tuple[int, bool]:
     """Count the tasks that match; return the count and whether it is exact.
 
-    Status-only filters are summed from counts (see count_tasks_by_status). Type and name
-    filters count at most COUNT_LIMIT + 1 rows, so a broad search on a large table stays fast.
+    Status-only filters are summed from counts (see count_tasks_by_status). Type, name and
+    cursor filters count at most COUNT_LIMIT + 1 rows, so a broad search on a large table stays fast.
     """
-    if task_filter.type is None and not task_filter.name_contains:
+    if task_filter.type is None and not task_filter.name_contains and task_filter.before_id is None:
         wanted = task_filter.statuses or list(counts)
         return sum(counts.get(status, 0) for status in wanted), True
 

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -76,15 +78,25 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 
 def describe_validation_error(error: dict) -> dict:
-    """Prefix a pydantic message with its field, so that each message names what it is about."""
+    """Prefix a pydantic message with its field, so that each message names what it is about.
+
+    The rejected input is left out: NaN, infinities and lone surrogates cannot be written as
+    JSON, and echoing a 64 KB value back helps nobody.
+    """
+    if error.get("type") == "json_invalid":
+        position = error.get("loc", ("body", "?"))[-1]
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        return {
+            "type": "json_invalid",
+            "loc": ["body"],
+            "msg": f"body: the request body is not valid JSON ({reason} at character {position})",
+        }
     location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
     field = ".".join(location)
     message = str(error.get("msg", "invalid value"))
     if field and not message.startswith(field):
         message = f"{field}: {message}"
-    described = {key: value for key, value in error.items() if key in ("type", "loc", "input", "ctx")}
-    described["msg"] = message
-    return described
+    return {"type": error.get("type", "value_error"), "loc": list(error.get("loc", ())), "msg": message}
 
 
 def create_app() -> FastAPI:
@@ -104,7 +116,15 @@ def create_app() -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def handle_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [describe_validation_error(error) for error in exc.errors()]
-        return JSONResponse(status_code=422, content=jsonable_encoder({"detail": errors}, custom_encoder={bytes: repr}))
+        return JSONResponse(status_code=422, content=jsonable_encoder({"detail": errors}))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers a body it cannot decode (invalid UTF-8) with this bare 400.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            error = {"type": "json_invalid", "loc": ["body"], "msg": "body: the request body is not valid UTF-8 JSON"}
+            return JSONResponse(status_code=422, content={"detail": [error]})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)

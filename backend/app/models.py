@@ -82,10 +82,9 @@ class Task(Base):
         Index("tasks_claim_idx", "run_at", "id", postgresql_where=text("status = 'pending'")),
         # Lease recovery scans running tasks only.
         Index("tasks_lease_idx", "lease_expires_at", postgresql_where=text("status = 'running'")),
-        # Dashboard list, newest first, unfiltered and filtered by status or type.
-        Index("tasks_created_idx", text("created_at DESC"), text("id DESC")),
-        Index("tasks_status_created_idx", "status", text("created_at DESC"), text("id DESC")),
-        Index("tasks_type_created_idx", "type", text("created_at DESC"), text("id DESC")),
+        # Dashboard list, newest first by id, filtered by status or type.
+        Index("tasks_status_id_idx", "status", text("id DESC")),
+        Index("tasks_type_id_idx", "type", text("id DESC")),
     )
 
 

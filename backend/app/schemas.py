@@ -139,6 +139,9 @@ class TaskListRead(BaseModel):
     total_is_exact: bool = Field(description="False when total stopped at its limit and more tasks match.")
     limit: int
     offset: int
+    next_before: int | None = Field(
+        description="Pass as `before` to get the next page without repeats; null on the last page."
+    )
     counts: StatusCounts = Field(description="Tasks per status over the whole table, ignoring filters.")
 
 

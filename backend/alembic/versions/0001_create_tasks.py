@@ -125,13 +125,9 @@ def upgrade() -> None:
     op.create_index(
         "tasks_lease_idx", "tasks", ["lease_expires_at"], postgresql_where=sa.text("status = 'running'")
     )
-    op.create_index("tasks_created_idx", "tasks", [sa.text("created_at DESC"), sa.text("id DESC")])
-    op.create_index(
-        "tasks_status_created_idx", "tasks", ["status", sa.text("created_at DESC"), sa.text("id DESC")]
-    )
-    op.create_index(
-        "tasks_type_created_idx", "tasks", ["type", sa.text("created_at DESC"), sa.text("id DESC")]
-    )
+    # The dashboard lists newest first by id; the primary key serves the unfiltered list.
+    op.create_index("tasks_status_id_idx", "tasks", ["status", sa.text("id DESC")])
+    op.create_index("tasks_type_id_idx", "tasks", ["type", sa.text("id DESC")])
 
     op.create_table(
         "task_logs",

@@ -184,8 +184,32 @@ async def list_tasks(
         Query(max_length=200, description="Case-insensitive text the name contains."),
         AfterValidator(reject_nul_character),
     ] = None,
-) -> TaskListRead:
-    task_filter = crud.TaskFilter(statuses=tuple(status_filter or ()), type=type, name_contains=q)
+    before: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**63 - 1,
+            description="Cursor: only tasks older than this id (next_before of the previous page). "
+            "Unlike offset, new tasks never shift the pages.",
+        ),
+    ] = None,
+) -> TaskListRead | JSONResponse:
+    if before is not None and offset:
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": [
+                    {
+                        "loc": ["query", "offset"],
+                        "type": "value_error",
+                        "msg": "offset: use either offset or before, not both; with before, leave offset out",
+                    }
+                ]
+            },
+        )
+    task_filter = crud.TaskFilter(
+        statuses=tuple(status_filter or ()), type=type, name_contains=q, before_id=before
+    )
     items = await crud.list_tasks(conn, task_filter, limit=limit, offset=offset)
     counts = await crud.count_tasks_by_status(conn)
     total, total_is_exact = await crud.count_tasks(conn, task_filter, counts)
@@ -195,6 +219,7 @@ async def list_tasks(
         total_is_exact=total_is_exact,
         limit=limit,
         offset=offset,
+        next_before=items[-1]["id"] if len(items) == limit else None,
         counts=StatusCounts(**counts),
     )
 
