@@ -7,6 +7,7 @@ import type {
   TaskFilters,
   TaskListResponse,
   TaskLog,
+  TaskStatus,
 } from '~/types/tasks'
 import { describeApiError, type ApiProblem } from '~/utils/api-errors'
 import { fetchJson } from '~/utils/http'
@@ -21,6 +22,13 @@ const READ_TIMEOUT_MS = 10_000
 const MUTATION_TIMEOUT_MS = 15_000
 const CONNECTION_LOST_TOAST_ID = 'api-connection-lost'
 const CONNECTION_RESTORED_TOAST_ID = 'api-connection-restored'
+const FINISHED_TOAST_COLORS: Record<TaskStatus, 'success' | 'error' | 'warning'> = {
+  pending: 'warning',
+  running: 'warning',
+  completed: 'success',
+  failed: 'error',
+  cancelled: 'warning',
+}
 
 export type PollTarget = { kind: 'list' } | { kind: 'task', taskId: number }
 
@@ -137,7 +145,7 @@ export const useTasksStore = defineStore('tasks', () => {
     isApiUnreachable.value = false
     unreachableDetail.value = null
     removeToast(CONNECTION_LOST_TOAST_ID)
-    showToast({ id: CONNECTION_RESTORED_TOAST_ID, title: 'Connection restored', description: 'The task API answers again.', color: 'success', icon: 'i-lucide-plug-zap' })
+    showToast({ id: CONNECTION_RESTORED_TOAST_ID, title: 'Connection restored', description: 'The task API responds again.', color: 'success', icon: 'i-lucide-plug-zap' })
   }
 
   function markApiUnreachable(problem: ApiProblem): void {
@@ -171,7 +179,6 @@ export const useTasksStore = defineStore('tasks', () => {
 
   function announceFinishedTasks(observed: readonly Task[]): void {
     for (const task of announcer.observeTasks(observed)) {
-      const isSuccess = task.status === 'completed'
       const title = `Task ${STATUS_LABELS[task.status].toLowerCase()}`
       const description = task.status === 'failed' && task.last_error
         ? `“${task.name}”: ${task.last_error}`
@@ -180,7 +187,7 @@ export const useTasksStore = defineStore('tasks', () => {
         id: `task-finished-${task.id}`,
         title,
         description,
-        color: isSuccess ? 'success' : task.status === 'failed' ? 'error' : 'warning',
+        color: FINISHED_TOAST_COLORS[task.status],
       })
     }
   }
@@ -286,7 +293,7 @@ export const useTasksStore = defineStore('tasks', () => {
       if (requestNumber !== taskRequestNumber) {
         return 'failed'
       }
-      // Stop the sibling request too: one answer is useless without the other.
+      // Stop the sibling request too, because the page needs both the task and its logs.
       controller.abort()
       const problem = describeApiError(error)
       if (problem.status === 404) {
@@ -326,7 +333,7 @@ export const useTasksStore = defineStore('tasks', () => {
     }
   }
 
-  /** Forgets the selected task and cancels its request, so no answer for it arrives later. */
+  /** Forgets the selected task and aborts its request, so no response for it is applied later. */
   function clearSelectedTask(): void {
     taskAbortController?.abort()
     taskAbortController = null
@@ -356,7 +363,12 @@ export const useTasksStore = defineStore('tasks', () => {
     document.addEventListener('visibilitychange', handleVisibilityChange)
 
     // Data rendered by SSR counts as seen, so tasks active at page load get a completion toast.
-    announcer.observeTasks(target.kind === 'list' ? tasks.value : selectedTask.value ? [selectedTask.value] : [])
+    if (target.kind === 'list') {
+      announcer.observeTasks(tasks.value)
+    }
+    else if (selectedTask.value) {
+      announcer.observeTasks([selectedTask.value])
+    }
     schedulePoll(pollIntervalMs.value)
     return handle
   }

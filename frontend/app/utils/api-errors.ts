@@ -1,8 +1,8 @@
 import type { FieldError } from '~/types/tasks'
 
-/** What a failed request means for the UI. */
+/** Description of a failed request for the UI. */
 export interface ApiProblem {
-  /** `unreachable`: no answer, or a gateway/unavailable status; `aborted`: cancelled by the client. */
+  /** `unreachable` means no response or a 502/503/504 status. `aborted` means the client cancelled the request. */
   kind: 'unreachable' | 'aborted' | 'http'
   status: number | null
   message: string
@@ -45,7 +45,7 @@ export function describeApiError(error: unknown): ApiProblem {
 
   const message = typeof detail === 'string' && detail.trim()
     ? detail
-    : `The task API answered with status ${status}.`
+    : `The task API returned status ${status}.`
   const kind = UNREACHABLE_STATUSES.has(status) ? 'unreachable' : 'http'
   return { kind, status, message, fieldErrors: [] }
 }

@@ -16,7 +16,7 @@ interface ForwardOptions {
 
 /**
  * Sends the browser's request to the backend with the server-only base URL and the API token,
- * then answers with the backend's status code and JSON body unchanged.
+ * then returns the backend's status code and JSON body unchanged.
  */
 export async function forwardToBackend(event: H3Event, options: ForwardOptions): Promise<unknown> {
   const config = useRuntimeConfig(event)
@@ -57,7 +57,7 @@ export async function forwardToBackend(event: H3Event, options: ForwardOptions):
     setResponseStatus(event, isTimeout ? 504 : 502)
     return {
       detail: isTimeout
-        ? `The task API did not answer within ${BACKEND_TIMEOUT_MS / 1000} s. Try again later.`
+        ? `The task API timed out after ${BACKEND_TIMEOUT_MS / 1000} s. Try again later.`
         : 'Cannot reach the task API. Check that the backend is running and try again.',
     }
   }
@@ -80,7 +80,7 @@ export async function forwardToBackend(event: H3Event, options: ForwardOptions):
 
 /**
  * Reads the numeric `id` route parameter. For anything else it sets a 404 status and
- * returns null, and the route answers with `taskIdNotFoundBody`.
+ * returns null, and the route responds with `taskIdNotFoundBody`.
  */
 export function readTaskIdParam(event: H3Event): number | null {
   const rawId = getRouterParam(event, 'id') ?? ''

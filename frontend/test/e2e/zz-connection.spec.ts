@@ -14,8 +14,18 @@ test('unreachable notice shows while the backend is down and clears after', asyn
   writeServerState(state)
   try {
     await expect(notice).toBeVisible({ timeout: 10_000 })
-    await page.waitForTimeout(3000)
     await expectToastCount(page, 'Connection lost', 1)
+
+    const freshPage = await page.context().newPage()
+    const freshConsole: string[] = []
+    freshPage.on('console', message => freshConsole.push(message.text()))
+    const response = await freshPage.goto('/')
+    expect(response?.status()).toBe(200)
+    await expect(freshPage.getByTestId('api-unreachable')).toBeVisible()
+    expect(await response?.text()).toContain('The task API is unreachable')
+    await freshPage.waitForTimeout(1500)
+    expect(freshConsole.filter(text => /hydrat|mismatch/i.test(text))).toEqual([])
+    await freshPage.close()
   }
   finally {
     state.backendPid = await startBackend(state)

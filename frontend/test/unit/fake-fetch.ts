@@ -16,7 +16,7 @@ export interface FakeRequest {
 }
 
 /**
- * A stand-in for ofetch's $fetch: every call stays pending until the test resolves or
+ * Creates a stand-in for ofetch's $fetch. Every call stays pending until the test resolves or
  * rejects it, and an aborted signal rejects it the way ofetch does.
  */
 export function createFakeFetch() {
@@ -34,12 +34,12 @@ export function createFakeFetch() {
   return { fetchMock, requests }
 }
 
-/** An ofetch error with no response, as thrown when the server cannot be reached. */
+/** Builds the ofetch error thrown when the server cannot be reached: it has no response. */
 export function createNetworkError(): Error {
   return Object.assign(new Error('[GET] "http://localhost:8000/tasks/": <no response> fetch failed'), { name: 'FetchError' })
 }
 
-/** An ofetch error for an HTTP error status with a JSON body. */
+/** Builds the ofetch error thrown for an HTTP error status with a JSON body. */
 export function createHttpError(status: number, data: unknown): Error {
   return Object.assign(new Error(`request failed with ${status}`), { name: 'FetchError', response: { status }, data, status })
 }

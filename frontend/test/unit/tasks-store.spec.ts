@@ -120,7 +120,7 @@ describe('list query', () => {
     expect(requests[2]!.options.query).toMatchObject({ offset: 0, type: 'processing' })
   })
 
-  it('ignores an older answer that arrives after a newer one', async () => {
+  it('ignores an older response arriving late', async () => {
     const store = useTasksStore()
     const olderLoad = store.fetchList()
     const newerLoad = store.setFilters({ status: 'failed' })
@@ -444,7 +444,6 @@ describe('createTask', () => {
     requests[0]!.reject(createNetworkError())
     const result = await creation
 
-    expect(result.ok).toBe(false)
-    expect(result.ok === false && result.isRetryable).toBe(true)
+    expect(result).toMatchObject({ ok: false, isRetryable: true })
   })
 })

@@ -92,7 +92,7 @@ export async function expectToastCount(page: Page, title: string, count: number)
   expect(countToasts(await readToastTitles(page), title), `toasts titled "${title}" after more polls`).toBe(count)
 }
 
-/** A task name no other test uses. */
+/** Returns a task name that no other test uses. */
 export function uniqueName(label: string): string {
   return `${label} ${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
 }

@@ -96,7 +96,7 @@ export function dropDatabase(databaseUrl: string): void {
   execFileSync(BACKEND_PYTHON, ['scripts/database.py', 'drop', databaseUrl], { cwd: BACKEND_DIR, stdio: 'inherit' })
 }
 
-/** Starts the API with its built-in worker and waits until /health answers 200. */
+/** Starts the API with its built-in worker and waits until /health returns 200. */
 export async function startBackend(state: ServerState): Promise<number> {
   mkdirSync(LOG_DIR, { recursive: true })
   const log = openSync(resolve(LOG_DIR, 'backend.log'), 'a')
@@ -179,7 +179,7 @@ async function waitForHttpOk(url: string, pid: number, name: string): Promise<vo
     }
     await sleep(250)
   }
-  throw new Error(`${name} did not answer 200 on ${url} within ${STARTUP_TIMEOUT_MS / 1000} s; see ${resolve(LOG_DIR, `${name}.log`)}`)
+  throw new Error(`${name} did not return 200 on ${url} within ${STARTUP_TIMEOUT_MS / 1000} s; see ${resolve(LOG_DIR, `${name}.log`)}`)
 }
 
 function requireFile(path: string, message: string): void {
