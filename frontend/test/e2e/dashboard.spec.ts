@@ -167,3 +167,34 @@ test('run again creates a copy with the same settings', async ({ page, api }) =>
   expect(copy.execution_time).toBe(0.5)
   expect(copy.failure_rate).toBe(0.25)
 })
+
+test('delete removes a finished task', async ({ page, api }) => {
+  const task = await api.createTask({ name: uniqueName('to delete'), execution_time: 0 })
+  await api.waitForStatus(task.id, 'completed')
+  await page.goto(`/tasks/${task.id}`)
+
+  await page.getByRole('button', { name: 'Delete' }).click()
+
+  await page.waitForURL(url => url.pathname === '/')
+  await expect(page.getByRole('link', { name: task.name, exact: true })).toHaveCount(0)
+  const response = await fetch(`${api.baseUrl}/tasks/${task.id}`)
+  expect(response.status).toBe(404)
+})
+
+test('pagination shows the next page of tasks', async ({ page, api }) => {
+  const marker = uniqueName('paged')
+  for (let index = 1; index <= 21; index++) {
+    await api.createTask({ name: `${marker} ${String(index).padStart(2, '0')}`, execution_time: 0 })
+  }
+  await page.goto('/')
+  const searchResponse = page.waitForResponse(response => new URL(response.url()).searchParams.get('q') === marker)
+  await page.getByRole('searchbox', { name: 'Search by name' }).fill(marker)
+  await searchResponse
+  await expect(page.getByTestId('task-link')).toHaveCount(20)
+  await expect(page.getByTestId('task-link').first()).toHaveText(`${marker} 21`)
+
+  await page.locator('[data-slot="item"]').filter({ hasText: /^2$/ }).click()
+
+  await expect(page.getByTestId('task-link')).toHaveCount(1)
+  await expect(page.getByTestId('task-link')).toHaveText(`${marker} 01`)
+})

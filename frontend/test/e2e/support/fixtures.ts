@@ -4,7 +4,7 @@ import { publicApiBase, readServerState, sleep, uiBase, type ServerState } from 
 
 /** Calls the backend directly, as an API client would. */
 export class ApiClient {
-  constructor(private readonly baseUrl: string) {}
+  constructor(readonly baseUrl: string) {}
 
   async createTask(body: { name: string, type?: string, execution_time: number, failure_rate?: number }): Promise<Task> {
     const response = await fetch(`${this.baseUrl}/tasks/`, {
