@@ -12,6 +12,11 @@ from app.models import TaskStatus, TaskType
 from app.settings import get_settings
 
 NAME_MAX_LENGTH = 200
+# At least one character that is not a space, and no control characters (Unicode category Cc).
+# check_name also rejects lone surrogates, which are no Unicode scalar values and so no valid
+# JSON Schema string; naming them in the pattern made schemathesis 4.32 ignore the pattern.
+NAME_CHARACTER = r"[^\u0000-\u001f\u007f-\u009f]"
+NAME_PATTERN = rf"^{NAME_CHARACTER}*[^\s\u0000-\u001f\u007f-\u009f]{NAME_CHARACTER}*$"
 
 
 class TaskCreateRequest(BaseModel):
@@ -29,12 +34,28 @@ class TaskCreateRequest(BaseModel):
         min_length=1,
         max_length=NAME_MAX_LENGTH,
         description=f"1 to {NAME_MAX_LENGTH} characters, not only spaces, no control characters.",
+        # Documents check_name in the OpenAPI spec, so that clients and schema-driven tests
+        # know which names are valid. Validation itself is check_name's.
+        json_schema_extra={"pattern": NAME_PATTERN},
     )
     type: TaskType = Field(description="Handler that runs the task.")
     # strict: a JSON string such as "5" or a boolean is rejected instead of converted.
-    execution_time: Annotated[float, Field(strict=True, description="Seconds the run sleeps, from 0 to MAX_EXECUTION_TIME.")]
+    # The bounds in json_schema_extra only document the validators below in the OpenAPI spec.
+    execution_time: Annotated[
+        float,
+        Field(
+            strict=True,
+            description="Seconds the run sleeps, from 0 to MAX_EXECUTION_TIME.",
+            json_schema_extra=lambda schema: schema.update(minimum=0, maximum=get_settings().max_execution_time),
+        ),
+    ]
     failure_rate: Annotated[
-        float, Field(strict=True, description="Chance from 0 to 1 that one run fails, to show retries.")
+        float,
+        Field(
+            strict=True,
+            description="Chance from 0 to 1 that one run fails, to show retries.",
+            json_schema_extra={"minimum": 0, "maximum": 1},
+        ),
     ] = 0.0
 
     @field_validator("name")
