@@ -58,11 +58,6 @@ def heartbeat_stale_after(settings: Settings) -> float:
     return 3 * heartbeat_interval(settings) + 1
 
 
-def listen_dsn(engine: AsyncEngine) -> str:
-    """Render the engine's URL in the form asyncpg.connect() expects."""
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class Worker:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.id = uuid.uuid4()
@@ -79,8 +74,8 @@ class Worker:
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncpg.Connection | None = None
         self._listener_lost = asyncio.Event()
-        # Kept out of the pool between claims: a pool checkout pings the server first,
-        # which put one more round trip between a task's commit and its claim.
+        # The LISTEN connection, also used for claims: a pool checkout pings the server
+        # first, which put one more round trip between a task's commit and its claim.
         self._claim_connection: AsyncConnection | None = None
         self._flush_task: asyncio.Task[None] | None = None
         # Set by stop(): the flush loop writes what is left and then returns.
@@ -108,7 +103,6 @@ class Worker:
         try:
             await self._claim_loop()
         finally:
-            await self._close_claim_connection()
             self._stopped.set()
 
     async def stop(self) -> None:
@@ -166,33 +160,22 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[ClaimedRun]:
         started = time.perf_counter()
-        if self._claim_connection is None:
-            self._claim_connection = await self._engine.connect()
-        try:
-            async with self._claim_connection.begin():
+        connection = self._claim_connection
+        if connection is None:
+            # The listener is reconnecting: claim over a pooled connection meanwhile.
+            async with self._engine.begin() as conn:
                 claimed = await crud.claim_tasks(
-                    self._claim_connection, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
+                    conn, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
                 )
-        except DATABASE_ERRORS:
-            # The connection may be dead (a database restart): the next claim opens a new one.
-            await self._close_claim_connection(discard=True)
-            raise
+        else:
+            # A dead connection fails this claim and ends the listener, which reconnects.
+            async with connection.begin():
+                claimed = await crud.claim_tasks(
+                    connection, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
+                )
         metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
         metrics.TASKS_STARTED.inc(len(claimed))
         return claimed
-
-    async def _close_claim_connection(self, *, discard: bool = False) -> None:
-        """Give the claim connection back to the pool, or drop it for good when discard is set."""
-        connection, self._claim_connection = self._claim_connection, None
-        if connection is None:
-            return
-        try:
-            if discard:
-                await connection.invalidate()
-            else:
-                await connection.close()
-        except DATABASE_ERRORS as exc:
-            logger.warning("could not close the claim connection: %s", exc, extra={"event": "database_error"})
 
     async def _wait_for_wake(self, timeout: float) -> None:
         # asyncio.timeout wakes this coroutine directly; wait_for would add a task and
@@ -453,11 +436,7 @@ class Worker:
         failures = 0
         while True:
             try:
-                self._listener = await asyncpg.connect(listen_dsn(self._engine), timeout=5)
-                self._listener_lost.clear()
-                self._listener.add_termination_listener(lambda _conn: self._listener_lost.set())
-                await self._listener.add_listener("tasks_pending", self._on_tasks_pending)
-                await self._listener.add_listener("task_cancelled", self._on_task_cancelled)
+                await self._open_listener()
                 failures = 0
                 logger.info("listening for new tasks", extra={"event": "listener_connected"})
                 # Tasks created while the listener was away are found by this claim.
@@ -469,6 +448,25 @@ class Worker:
                 await self._pause_after_database_error("listen for new tasks", exc, failures)
             finally:
                 await self._close_listener()
+
+    async def _open_listener(self) -> None:
+        """Check a connection out of the pool for good, LISTEN on it and claim over it.
+
+        It stays out of the pool, so the process holds DB_POOL_SIZE pooled connections plus
+        this one, as it did with a separate LISTEN connection.
+        """
+        connection = await self._engine.connect()
+        try:
+            listener = (await connection.get_raw_connection()).driver_connection
+            self._listener_lost.clear()
+            listener.add_termination_listener(lambda _conn: self._listener_lost.set())
+            await listener.add_listener("tasks_pending", self._on_tasks_pending)
+            await listener.add_listener("task_cancelled", self._on_task_cancelled)
+        except BaseException:
+            await connection.invalidate()
+            raise
+        self._listener = listener
+        self._claim_connection = connection
 
     def _on_tasks_pending(self, *_args: object) -> None:
         self.wake()
@@ -483,11 +481,15 @@ class Worker:
             self._abandon_runs([entry[0]], "the task was cancelled")
 
     async def _close_listener(self) -> None:
+        """Close the LISTEN connection for good; it never returns to the pool with its LISTENs."""
         listener, self._listener = self._listener, None
-        if listener is not None and not listener.is_closed():
-            try:
-                await asyncio.wait_for(listener.close(), 2)
-            except (TimeoutError, *DATABASE_ERRORS):
+        connection, self._claim_connection = self._claim_connection, None
+        if connection is None:
+            return
+        try:
+            await asyncio.wait_for(connection.invalidate(), 2)
+        except (TimeoutError, *DATABASE_ERRORS):
+            if listener is not None:
                 listener.terminate()
 
     # --- stopping -------------------------------------------------------------------------
