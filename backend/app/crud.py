@@ -127,25 +127,27 @@ async def create_task(
         if existing is not None:
             return _check_replay(existing, idempotency_key, request_hash), False
 
-    pending = await count_pending(conn)
-    if pending >= max_pending:
-        raise QueueFullError(pending, max_pending)
-
+    # The queue check and the insert are one statement: one round trip less per create,
+    # with the same result as two statements in one READ COMMITTED transaction.
     result = await conn.execute(
         text(
             f"""
-            WITH inserted AS (
+            WITH queue AS (
+                SELECT coalesce(sum(count), 0) AS pending FROM task_status_counts WHERE status = 'pending'
+            ), inserted AS (
                 INSERT INTO tasks (name, type, execution_time, failure_rate, max_attempts,
                                    idempotency_key, request_hash)
-                VALUES (:name, :type, :execution_time, :failure_rate, :max_attempts,
-                        :idempotency_key, :request_hash)
+                SELECT :name, :type, :execution_time, :failure_rate, :max_attempts,
+                       :idempotency_key, :request_hash
+                FROM queue WHERE queue.pending < :max_pending
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING *
             ), logged AS (
                 INSERT INTO task_logs (task_id, attempt, level, message)
                 SELECT id, 0, 'INFO', 'task created' FROM inserted
             )
-            SELECT {TASK_COLUMNS}, request_hash FROM inserted
+            SELECT queue.pending AS pending_before, {TASK_COLUMNS}, request_hash
+            FROM queue LEFT JOIN inserted ON TRUE
             """
         ),
         {
@@ -156,10 +158,13 @@ async def create_task(
             "max_attempts": max_attempts,
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
+            "max_pending": max_pending,
         },
     )
-    row = result.mappings().one_or_none()
-    if row is None:
+    row = result.mappings().one()
+    if row["id"] is None and row["pending_before"] >= max_pending:
+        raise QueueFullError(int(row["pending_before"]), max_pending)
+    if row["id"] is None:
         # Another request with the same key committed between our lookup and our insert.
         existing = await _find_by_idempotency_key(conn, idempotency_key or "")
         if existing is None:
@@ -168,6 +173,7 @@ async def create_task(
 
     task = dict(row)
     task.pop("request_hash")
+    task.pop("pending_before")
     logger.info(
         "task created",
         extra={"event": "created", "task_id": task["id"], "attempt": 0, "status": task["status"]},
