@@ -28,6 +28,7 @@ from common import (  # noqa: E402
     asyncpg_dsn,
     benchmark_database,
     print_table,
+    server_for_commit_times,
     summarize_ms,
     write_result,
 )
@@ -140,7 +141,9 @@ def procrastinate_drain(args: argparse.Namespace) -> dict[str, Any]:
     return drain_result(args, done, span, read_peak_rss(worker))
 
 
-async def procrastinate_pickup_run(dsn: str, count: int, warmup: int, interval: float) -> list[float]:
+async def procrastinate_pickup_run(
+    dsn: str, count: int, warmup: int, interval: float, from_commit: bool
+) -> list[float]:
     import psycopg
 
     app = procrastinate_app(dsn)
@@ -164,9 +167,11 @@ async def procrastinate_pickup_run(dsn: str, count: int, warmup: int, interval: 
             if (await cursor.fetchone())[0] == len(ids):
                 break
             await asyncio.sleep(0.1)
+        # The "deferred" event row is never updated, so its xmin is the deferring transaction.
+        deferred_at = "pg_xact_commit_timestamp(d.xmin)" if from_commit else "d.at"
         cursor = await conn.execute(
-            """
-            SELECT extract(epoch FROM s.at - d.at)
+            f"""
+            SELECT extract(epoch FROM s.at - {deferred_at})
             FROM procrastinate_events d JOIN procrastinate_events s
               ON s.job_id = d.job_id AND s.type = 'started'
             WHERE d.type = 'deferred' AND d.job_id = ANY(%s)
@@ -177,7 +182,7 @@ async def procrastinate_pickup_run(dsn: str, count: int, warmup: int, interval: 
 
 
 def procrastinate_pickup(args: argparse.Namespace) -> dict[str, Any]:
-    with benchmark_database("benchproc", migrated=False) as url:
+    with server_for_commit_times() as from_commit, benchmark_database("benchproc", migrated=False) as url:
         dsn = asyncpg_dsn(url)
         asyncio.run(procrastinate_enqueue(dsn, 0, 0))
         worker = start_anchor_worker("procrastinate-worker", "procrastinate", "worker", "--dsn", dsn,
@@ -185,10 +190,13 @@ def procrastinate_pickup(args: argparse.Namespace) -> dict[str, Any]:
         try:
             time.sleep(2.0)
             worker.check_alive()
-            latencies = asyncio.run(procrastinate_pickup_run(dsn, args.count, args.warmup, args.interval))
+            latencies = asyncio.run(
+                procrastinate_pickup_run(dsn, args.count, args.warmup, args.interval, from_commit)
+            )
         finally:
             worker.stop()
-    return {"separate": summarize_ms(latencies), "count": args.count, "interval_seconds": args.interval}
+    return {"separate": summarize_ms(latencies), "count": args.count, "interval_seconds": args.interval,
+            "measured_from": "commit" if from_commit else "insert"}
 
 
 # --- arq ----------------------------------------------------------------------------------

@@ -9,11 +9,13 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -28,13 +30,7 @@ LOG_DIR = RESULTS_DIR / "logs"
 BACKEND_PYTHON = BACKEND_DIR / ".venv" / "bin" / "python"
 BENCH_PYTHON = BENCH_DIR / ".venv" / "bin" / "python"
 
-# The PostgreSQL server the benchmark databases are created on: TEST_DATABASE_URL's, as for
-# the tests, so the data of `make run` is never touched.
-DEFAULT_SERVER_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-
-
-def server_url() -> str:
-    return os.environ.get("TEST_DATABASE_URL") or DEFAULT_SERVER_URL
+POSTGRES_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 
 
 def backend_python() -> str:
@@ -48,18 +44,21 @@ def asyncpg_dsn(url: str) -> str:
 
 
 def create_database(prefix: str) -> str:
-    """Create an empty database on the benchmark server and return its SQLAlchemy URL."""
+    """Create an empty database on the test server and return its SQLAlchemy URL.
+
+    The test server is TEST_DATABASE_URL's, else the embedded one of backend/scripts/database.py,
+    as for the tests, so the data of `make run` is never touched.
+    """
     result = subprocess.run(
         [backend_python(), "scripts/database.py", "create", "--prefix", prefix],
         cwd=BACKEND_DIR,
-        env={**os.environ, "TEST_DATABASE_URL": server_url()},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"could not create a benchmark database on {server_url()}:\n{result.stderr}")
+        raise RuntimeError(f"could not create a benchmark database:\n{result.stderr}")
     return result.stdout.strip()
 
 
@@ -97,6 +96,70 @@ def benchmark_database(prefix: str, *, migrated: bool = True) -> Iterator[str]:
         yield url
     finally:
         drop_database(url)
+
+
+def can_start_private_server() -> bool:
+    """Whether this machine can run a PostgreSQL cluster of the benchmark's own."""
+    initdb = POSTGRES_BIN_DIR / "initdb"
+    if not initdb.exists():
+        return False
+    if os.geteuid() != 0:
+        return True
+    return shutil.which("runuser") is not None and subprocess.run(
+        ["id", "postgres"], capture_output=True, check=False).returncode == 0
+
+
+@contextlib.contextmanager
+def private_server(**settings: str) -> Iterator[str]:
+    """Run a PostgreSQL 15 cluster of our own on a free loopback port; yield its admin URL.
+
+    The pickup benchmark needs track_commit_timestamp, which only a server restart turns
+    on, so it cannot borrow the shared server. PostgreSQL refuses to run as root, so as
+    root the cluster runs as the postgres user. It is stopped and deleted on exit.
+    """
+    base_dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    data_dir = base_dir / "data"
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(base_dir, "postgres")
+    port = free_port()
+    options = " ".join(
+        [f"-p {port}", "-c listen_addresses=127.0.0.1", f"-c unix_socket_directories={base_dir}",
+         *(f"-c {name}={value}" for name, value in settings.items())]
+    )
+    pg_ctl = [*as_postgres, str(POSTGRES_BIN_DIR / "pg_ctl"), "-D", str(data_dir)]
+    try:
+        subprocess.run([*as_postgres, str(POSTGRES_BIN_DIR / "initdb"), "-D", str(data_dir), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*pg_ctl, "-o", options, "-l", str(base_dir / "server.log"), "-w", "start"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data_dir / "postmaster.pid").exists():
+            subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True, timeout=60, check=False)
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server_for_commit_times() -> Iterator[bool]:
+    """Point the benchmark at a private server with commit timestamps when one can start.
+
+    Yield whether commit timestamps are available; without them, latencies start at the
+    creating statement instead of its commit.
+    """
+    if not can_start_private_server():
+        yield False
+        return
+    previous = os.environ.get("TEST_DATABASE_URL")
+    with private_server(track_commit_timestamp="on") as admin_url:
+        os.environ["TEST_DATABASE_URL"] = admin_url
+        try:
+            yield True
+        finally:
+            if previous is None:
+                os.environ.pop("TEST_DATABASE_URL", None)
+            else:
+                os.environ["TEST_DATABASE_URL"] = previous
 
 
 def free_port() -> int:
