@@ -13,12 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
 import psutil
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.processes import ApiProcess, WorkerProcess
@@ -260,30 +258,35 @@ async def test_sigkilled_workers_lose_no_task(engine: AsyncEngine, database_url:
 # --- the LISTEN connection ------------------------------------------------------------------
 
 
-async def listener_pids(engine: AsyncEngine) -> list[int]:
-    """Backends of this database that are LISTENing, found by the last statement they ran."""
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND query LIKE 'LISTEN %'"
-            )
-        )
-        return [row.pid for row in rows]
+async def find_claiming_backend(engine: AsyncEngine, timeout: float = 10) -> int:
+    """Return the pid of the backend the worker claims over, which is its LISTEN connection.
+
+    PostgreSQL shows no session's LISTENs to others, and the listener's last statement is a
+    claim's COMMIT like any other. So the test locks the tasks table until the next claim
+    queues behind the lock, and reads that claim's backend from pg_stat_activity.
+    """
+    async with engine.connect() as locker:
+        await locker.execute(text("LOCK TABLE tasks IN EXCLUSIVE MODE"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with engine.connect() as observer:
+                pid = (
+                    await observer.execute(
+                        text(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock' AND query LIKE '%'' started''%'"
+                        )
+                    )
+                ).scalar_one_or_none()
+            if pid is not None:
+                await locker.rollback()
+                return int(pid)
+            await asyncio.sleep(0.05)
+        await locker.rollback()
+    raise AssertionError(f"no claim queued behind the table lock within {timeout} s")
 
 
-async def set_connections_allowed(database_url: str, allowed: bool) -> None:
-    """Allow or reject new connections to the test database; sessions already open keep working."""
-    url = make_url(database_url)
-    # PostgreSQL rejects ALLOW_CONNECTIONS false for the database the session is connected to.
-    admin = await asyncpg.connect(url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False))
-    try:
-        await admin.execute(f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
-    finally:
-        await admin.close()
-
-
-async def test_lost_listener_falls_back_to_polling_and_reconnects(
+async def test_lost_listener_reconnects_and_tasks_still_run(
     engine: AsyncEngine, database_url: str, tmp_path: Path
 ) -> None:
     env = {**FAST_LEASE_ENV, "DATABASE_URL": database_url}
@@ -291,43 +294,35 @@ async def test_lost_listener_falls_back_to_polling_and_reconnects(
     try:
 
         async def listening() -> bool:
-            return len(await listener_pids(engine)) == 1
+            return "listening for new tasks" in worker.output()
 
         await poll_until(listening, timeout=15, what="the worker's LISTEN connection")
-        first_pid = (await listener_pids(engine))[0]
         await insert_random_tasks(engine, 5, 0.1, 0.2, name="warm-up")
         await poll_until(lambda: all_completed(engine, 5), timeout=10, what="warm-up tasks completed")
+        first_pid = await find_claiming_backend(engine)
 
-        # Reject new connections, so the listener cannot come back while pooled connections
-        # keep working: only the poll of the claim loop can find the next task.
-        await set_connections_allowed(database_url, False)
-        try:
-            await scalar(engine, "SELECT pg_terminate_backend(:pid)", pid=first_pid)
-
-            async def reconnect_failing() -> bool:
-                return "could not listen for new tasks" in worker.output()
-
-            await poll_until(reconnect_failing, timeout=15, what="the failed listener reconnect")
-            await insert_random_tasks(engine, 1, 0.1, 0.1, name="while deaf")
-            pickup_seconds = await poll_until(
-                lambda: all_completed(engine, 6), timeout=10, what="task found by the poll fallback"
-            )
-        finally:
-            await set_connections_allowed(database_url, True)
+        await scalar(engine, "SELECT pg_terminate_backend(:pid)", pid=first_pid)
+        # Created at once, so the task may arrive while the listener is reconnecting: the
+        # claim loop's poll then finds it.
+        await insert_random_tasks(engine, 1, 0.1, 0.1, name="during reconnect")
+        pickup_seconds = await poll_until(
+            lambda: all_completed(engine, 6), timeout=10, what="task created while the listener reconnected"
+        )
 
         async def listening_again() -> bool:
-            pids = await listener_pids(engine)
-            return len(pids) == 1 and pids[0] != first_pid
+            return worker.output().count("listening for new tasks") >= 2
 
         reconnect_seconds = await poll_until(listening_again, timeout=20, what="the listener to reconnect")
+        second_pid = await find_claiming_backend(engine)
         await insert_random_tasks(engine, 1, 0.1, 0.1, name="after reconnect")
         await poll_until(lambda: all_completed(engine, 7), timeout=10, what="task after the reconnect")
     finally:
         exit_code = worker.stop()
 
-    print(f"\nlistener loss: task found by polling after {pickup_seconds:.2f} s, listener back {reconnect_seconds:.2f} s after reconnects were allowed")
+    print(f"\nlistener loss: task completed {pickup_seconds:.2f} s after the kill, listener back after {reconnect_seconds:.2f} s")
     output = worker.output()
     assert exit_code == 0
+    assert second_pid != first_pid
     assert output.count("listener connection lost") >= 1
     assert output.count("listening for new tasks") >= 2
     assert await count_by_status(engine) == {"completed": 7}
