@@ -8,12 +8,13 @@ VENV := backend/.venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install backend-install frontend-install frontend-build browser run dev test test-backend bench bench-install up down clean
+.PHONY: help install backend-install frontend-install frontend-build browser run dev test test-backend soak bench bench-install up down clean
 
 help:
 	@echo "make run     start PostgreSQL (embedded unless DATABASE_URL is set), the API on :8000 and the dashboard on :3000"
 	@echo "make dev     the same with hot reload"
 	@echo "make test    backend, frontend unit and browser tests against a real PostgreSQL"
+	@echo "make soak    the long fault and load runs (see docs/reliability.md)"
 	@echo "make bench   the benchmark suite (see docs/benchmarks.md)"
 	@echo "make up      docker compose up --build"
 
@@ -55,6 +56,10 @@ test: backend-install frontend-build browser
 
 test-backend: backend-install
 	cd backend && .venv/bin/python -m pytest
+
+# Longer fault and load runs than make test has time for; results in .data/soak/.
+soak: backend-install
+	$(PY) soak/run.py
 
 up:
 	docker compose up --build
