@@ -1,5 +1,6 @@
 """HTTP routes for tasks: parse the request, call crud, map domain errors to status codes."""
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -172,6 +173,9 @@ async def create_task(
         worker = getattr(request.app.state, "worker", None)
         if worker is not None:
             worker.wake()
+            # Yield once, so that the woken claim loop sends its claim before this response
+            # is built, instead of after it (pickup latency in one process).
+            await asyncio.sleep(0)
     else:
         response.status_code = status.HTTP_200_OK
     return TaskRead.model_validate(task)
