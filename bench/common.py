@@ -289,6 +289,7 @@ def machine_description() -> dict[str, Any]:
         "memory_gib": round(memory_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "database_server": os.environ.get("TEST_DATABASE_URL", "embedded (backend/scripts/database.py)"),
         "date_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
