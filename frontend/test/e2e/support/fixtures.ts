@@ -119,6 +119,14 @@ export const test = base.extend<{ servers: ServerState, api: ApiClient, consoleM
   },
   page: async ({ page }, use) => {
     await recordToasts(page)
+    // Every navigation waits for hydration (see app/plugins/hydration-marker.client.ts), so
+    // no test types into a form that hydration then resets.
+    const goto = page.goto.bind(page)
+    page.goto = async (url, options) => {
+      const response = await goto(url, options)
+      await page.locator('html[data-hydrated="true"]').waitFor({ state: 'attached', timeout: 15_000 })
+      return response
+    }
     await use(page)
   },
 })
