@@ -12,6 +12,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -103,7 +104,9 @@ def create_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level)
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from files in its wheel instead of a CDN,
+    # so /docs works on machines without internet access.
+    app = FastAPIOffline(
         title="Task runner",
         summary="Create background tasks and follow them through pending, running, completed or failed.",
         version="1.0.0",

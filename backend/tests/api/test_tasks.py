@@ -447,3 +447,13 @@ async def test_filtered_total_stops_at_count_limit(client: httpx.AsyncClient, en
     assert searched["total_is_exact"] is False
     assert by_status["total"] == crud.COUNT_LIMIT + 5
     assert by_status["total_is_exact"] is True
+
+
+async def test_swagger_ui_is_served_without_a_cdn(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    script = await client.get("/static-offline-docs/swagger-ui-bundle.js")
+
+    assert page.status_code == 200
+    assert "cdn.jsdelivr.net" not in page.text
+    assert "/static-offline-docs/swagger-ui-bundle.js" in page.text
+    assert script.status_code == 200
