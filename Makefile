@@ -8,7 +8,7 @@ VENV := backend/.venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install backend-install frontend-install frontend-build browser run dev test test-backend soak bench bench-install up down clean
+.PHONY: help install backend-install frontend-install frontend-build browser run dev test test-backend stop-test-db soak bench bench-install up down clean
 
 help:
 	@echo "make run     start PostgreSQL (embedded unless DATABASE_URL is set), the API on :8000 and the dashboard on :3000"
@@ -56,6 +56,10 @@ test: backend-install frontend-build browser
 
 test-backend: backend-install
 	cd backend && .venv/bin/python -m pytest
+
+# Tests leave the embedded test PostgreSQL running for the next run; this stops it.
+stop-test-db: backend-install
+	$(PY) backend/scripts/database.py stop-test-server
 
 # Longer fault and load runs than make test has time for; results in .data/soak/.
 soak: backend-install

@@ -7,6 +7,7 @@ process started here is stopped by its pid, the embedded PostgreSQL included.
 """
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -37,13 +38,29 @@ def require_free_port(port: int, variable: str) -> None:
 
 
 def load_dotenv_file() -> None:
-    from dotenv import load_dotenv
+    from dotenv import dotenv_values
 
-    # Variables already in the environment win over .env.
-    load_dotenv(REPO_ROOT / ".env", override=False)
+    # Variables already in the environment win over .env. The API address and the allowed
+    # origins follow API_PORT and UI_PORT (see local_addresses), so .env does not set them:
+    # its values there are the ones Docker Compose needs.
+    for name, value in dotenv_values(REPO_ROOT / ".env").items():
+        if name not in os.environ and name not in ("NUXT_PUBLIC_API_BASE", "CORS_ORIGINS") and value is not None:
+            os.environ[name] = value
     for name in ("DATABASE_URL", "API_TOKEN", "NUXT_API_BASE_SERVER", "NUXT_API_TOKEN"):
         if os.environ.get(name) == "":
             del os.environ[name]
+
+
+def local_addresses(api_port: int, ui_port: int) -> dict[str, str]:
+    """Point the dashboard at this API and let this dashboard's origins call it.
+
+    NUXT_PUBLIC_API_BASE and CORS_ORIGINS set in the shell environment are kept as given.
+    """
+    origins = [f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}"]
+    return {
+        "NUXT_PUBLIC_API_BASE": os.environ.get("NUXT_PUBLIC_API_BASE", f"http://localhost:{api_port}"),
+        "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", json.dumps(origins)),
+    }
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -58,13 +75,8 @@ def start_api(env: dict[str, str], port: int, dev: bool) -> subprocess.Popen[byt
     return subprocess.Popen(command, cwd=BACKEND_DIR, env=env)
 
 
-def start_frontend(env: dict[str, str], port: int, api_port: int, dev: bool) -> subprocess.Popen[bytes]:
-    frontend_env = {
-        **env,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "NUXT_PUBLIC_API_BASE": env.get("NUXT_PUBLIC_API_BASE", f"http://localhost:{api_port}"),
-    }
+def start_frontend(env: dict[str, str], port: int, dev: bool) -> subprocess.Popen[bytes]:
+    frontend_env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
     if dev:
         return subprocess.Popen(["npm", "run", "dev", "--", "--port", str(port)], cwd=FRONTEND_DIR, env=frontend_env)
     server = FRONTEND_DIR / ".output" / "server" / "index.mjs"
@@ -109,12 +121,12 @@ def main() -> None:
         print(f"Starting the embedded PostgreSQL in {database.RUN_DATA_DIR}", flush=True)
         embedded = database.start_embedded_server(database.RUN_DATA_DIR, keep_running=False)
         database_url = database.prepare_run_database(embedded.admin_url)
-    env = {**os.environ, "DATABASE_URL": database_url}
+    env = {**os.environ, **local_addresses(api_port, ui_port), "DATABASE_URL": database_url}
     migrate(env)
 
     processes = [start_api(env, api_port, args.dev)]
     if not args.no_frontend:
-        processes.append(start_frontend(env, ui_port, api_port, args.dev))
+        processes.append(start_frontend(env, ui_port, args.dev))
     print(
         f"\nAPI:        http://localhost:{api_port}/tasks/  (Swagger UI at /docs)\n"
         + ("" if args.no_frontend else f"Dashboard:  http://localhost:{ui_port}/\n")

@@ -4,6 +4,7 @@
   python scripts/database.py create --prefix P   a new empty database on the test server; prints its URL
   python scripts/database.py drop URL            drop a database made by `create`
   python scripts/database.py admin-url           the test server's URL of its `postgres` database
+  python scripts/database.py stop-test-server    stop the embedded test server (it keeps running after tests)
 
 The test server is TEST_DATABASE_URL's server when that is set, else an embedded PostgreSQL
 (the pgserver package bundles the binaries; it keeps running between commands) kept under .data/test-postgres. `make run` uses
@@ -126,6 +127,7 @@ def main() -> None:
     create.add_argument("--prefix", default="test", help="database name prefix (letters, digits, _)")
     drop = commands.add_parser("drop", help="drop a database created by `create`")
     drop.add_argument("url")
+    commands.add_parser("stop-test-server", help="stop the embedded test server under .data/test-postgres")
     args = parser.parse_args()
 
     if args.command == "url":
@@ -138,6 +140,11 @@ def main() -> None:
         print(create_test_database(args.prefix))
     elif args.command == "drop":
         asyncio.run(drop_database(args.url))
+    elif args.command == "stop-test-server":
+        if not (TEST_DATA_DIR / "postmaster.pid").exists():
+            print(f"no embedded test server runs in {TEST_DATA_DIR}")
+            return
+        start_embedded_server(TEST_DATA_DIR, keep_running=False).stop()
 
 
 if __name__ == "__main__":
