@@ -389,7 +389,12 @@ class Worker:
         self._abandon_runs(lost, "its lease is no longer held (cancelled or taken over)")
 
     def _abandon_runs(self, runs: Iterable[ClaimedRun], reason: str) -> None:
-        """Stop runs whose task this worker no longer owns; nothing of theirs will be written."""
+        """Stop runs whose task this worker no longer owns; nothing of theirs will be written.
+
+        A run that already finished keeps its slot: the flush that follows finds its lease
+        gone and logs the discarded result, so each superseded run is logged once.
+        """
+        stopped: list[ClaimedRun] = []
         for run in runs:
             entry = self._runs.get(run.task_id)
             if entry is None or entry[0].lease_token != run.lease_token:
@@ -398,11 +403,14 @@ class Worker:
             if task is not None:
                 task.cancel()
                 del self._runs[run.task_id]
+                stopped.append(run)
             logger.info(
                 "task run abandoned: %s",
                 reason,
                 extra={"event": "run_abandoned", "task_id": run.task_id, "attempt": run.attempt},
             )
+        if stopped:
+            self._spawn(self._log_discarded(stopped, reason))
         self.wake()
 
     async def _recover_lost_runs(self) -> None:
