@@ -34,7 +34,7 @@ POSTGRES_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 
 
 def backend_python() -> str:
-    """The backend's interpreter, or this one when the backend has no virtualenv."""
+    """Return the backend's interpreter, or this one when the backend has no virtualenv."""
     return str(BACKEND_PYTHON) if BACKEND_PYTHON.exists() else sys.executable
 
 
@@ -88,7 +88,7 @@ def migrate(url: str) -> None:
 
 @contextlib.contextmanager
 def benchmark_database(prefix: str, *, migrated: bool = True) -> Iterator[str]:
-    """A fresh database for one benchmark, dropped on exit even when the benchmark fails."""
+    """Create a fresh database for one benchmark and drop it on exit, even after a failure."""
     url = create_database(prefix)
     try:
         if migrated:
@@ -99,7 +99,7 @@ def benchmark_database(prefix: str, *, migrated: bool = True) -> Iterator[str]:
 
 
 def can_start_private_server() -> bool:
-    """Whether this machine can run a PostgreSQL cluster of the benchmark's own."""
+    """Return whether this machine can run a PostgreSQL cluster of the benchmark's own."""
     initdb = POSTGRES_BIN_DIR / "initdb"
     if not initdb.exists():
         return False

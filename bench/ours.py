@@ -104,7 +104,7 @@ async def measure_drain_span(conn: asyncpg.Connection, first_id: int) -> dict[st
 # --- drain and concurrency ----------------------------------------------------------------
 
 
-async def run_drain(url: str, args: argparse.Namespace, first_id_hint: int | None = None) -> dict[str, Any]:
+async def run_drain(url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Insert the tasks, start one worker process, wait until they are done, and stop it."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -314,7 +314,7 @@ DASHBOARD_QUERIES = {
 
 
 async def grow_table(conn: asyncpg.Connection, target_rows: int) -> int:
-    """Add history rows until tasks holds target_rows: mostly completed, some of every status.
+    """Add history rows until tasks contains target_rows: mostly completed, some of every status.
 
     Pending rows are scheduled a year ahead and running rows hold a lease for a year, so a
     worker started later neither claims nor recovers them.

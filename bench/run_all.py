@@ -1,7 +1,7 @@
 """Run every benchmark in interleaved rounds, print one summary table and write one JSON file.
 
 Each round runs ours, Procrastinate and arq one after the other for drain, pickup and
-concurrency, then pgbench and the API load; the scale benchmark runs once at the end with
+concurrency, then pgbench and the API load. The scale benchmark runs once at the end, with
 its own passes. The summary quotes the median over the rounds and each of our figures as a
 ratio to the anchors of the same run. The anchors need bench/.venv (`make bench-install`);
 without it they are left out and said so.

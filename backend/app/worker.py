@@ -460,8 +460,8 @@ class Worker:
     async def _open_listener(self) -> None:
         """Check a connection out of the pool for good, LISTEN on it and claim over it.
 
-        It stays out of the pool, so the process holds DB_POOL_SIZE pooled connections plus
-        this one, as it did with a separate LISTEN connection.
+        It stays out of the pool, so an idle process keeps DB_POOL_SIZE pooled connections
+        plus this one, as it did with a separate LISTEN connection.
         """
         connection = await self._engine.connect()
         try:
