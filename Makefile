@@ -6,6 +6,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := backend/.venv
 PY := $(VENV)/bin/python
+# Procrastinate and arq, the benchmark's comparison points, live apart from the app's packages.
+BENCH_VENV := bench/.venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install backend-install frontend-install frontend-build browser run dev test test-backend stop-test-db soak bench bench-install up down clean
@@ -51,7 +53,7 @@ run: backend-install frontend-build
 dev: backend-install frontend-install
 	$(PY) scripts/run.py --dev
 
-test: backend-install frontend-build browser
+test: backend-install bench-install frontend-build browser
 	$(PY) scripts/test_all.py
 
 test-backend: backend-install
@@ -64,6 +66,18 @@ stop-test-db: backend-install
 # Longer fault and load runs than make test has time for; results in .data/soak/.
 soak: backend-install
 	$(PY) soak/run.py
+
+bench-install: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements.txt
+	touch $@
+
+# The local server (not the embedded one) has pg_trgm, which the name-search figures need.
+bench: backend-install bench-install
+	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres} \
+		$(BENCH_VENV)/bin/python bench/run_all.py --rounds 3
 
 up:
 	docker compose up --build

@@ -98,13 +98,6 @@ class RunSuccess:
 # --- creation and reads -------------------------------------------------------------------
 
 
-async def count_pending(conn: AsyncConnection) -> int:
-    result = await conn.execute(
-        text("SELECT coalesce(sum(count), 0) FROM task_status_counts WHERE status = 'pending'")
-    )
-    return int(result.scalar_one())
-
-
 async def create_task(
     conn: AsyncConnection,
     *,
