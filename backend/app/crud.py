@@ -395,7 +395,7 @@ async def claim_tasks(
     """Move up to limit due pending tasks to running under a fresh lease, in one statement.
 
     SKIP LOCKED lets several workers claim at once without waiting on each other. An empty
-    result can also mean that another worker holds the rows right now, so callers poll again.
+    result can also mean that another worker has locked the rows right now, so callers poll again.
     """
     result = await conn.execute(
         text(

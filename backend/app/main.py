@@ -82,7 +82,7 @@ def describe_validation_error(error: dict) -> dict:
     """Prefix a pydantic message with its field, so that each message names what it is about.
 
     The rejected input is left out: NaN, infinities and lone surrogates cannot be written as
-    JSON, and echoing a 64 KB value back helps nobody.
+    JSON, and a 64 KB value echoed back is of no use.
     """
     if error.get("type") == "json_invalid":
         position = error.get("loc", ("body", "?"))[-1]
@@ -123,7 +123,7 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # FastAPI answers a body it cannot decode (invalid UTF-8) with this bare 400.
+        # FastAPI rejects a body it cannot decode (invalid UTF-8) with this bare 400.
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             error = {"type": "json_invalid", "loc": ["body"], "msg": "body: the request body is not valid UTF-8 JSON"}
             return JSONResponse(status_code=422, content={"detail": [error]})
