@@ -162,7 +162,11 @@ function isRunning(pid: number): boolean {
   }
 }
 
-async function waitForHttpOk(url: string, pid: number, name: string): Promise<void> {
+/**
+ * Waits until `url` returns a 2xx status, failing early if the process exits. `name` is the
+ * log file name under LOG_DIR, without `.log`, that the error message points to.
+ */
+export async function waitForHttpOk(url: string, pid: number, name: string): Promise<void> {
   const deadline = Date.now() + STARTUP_TIMEOUT_MS
   while (Date.now() < deadline) {
     if (!isRunning(pid)) {
