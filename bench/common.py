@@ -250,7 +250,7 @@ def wait_for_http(child: Child, url: str, timeout: float = 30.0) -> None:
             return
         except httpx.TransportError:
             time.sleep(0.1)
-    raise RuntimeError(f"{child.name} did not answer {url} within {timeout} s:\n{child.output()[-3000:]}")
+    raise RuntimeError(f"{child.name} did not respond at {url} within {timeout} s:\n{child.output()[-3000:]}")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

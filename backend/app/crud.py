@@ -248,8 +248,8 @@ async def count_tasks(
     cursor filters count at most COUNT_LIMIT + 1 rows, so a broad search on a large table stays fast.
     """
     if task_filter.type is None and not task_filter.name_contains and task_filter.before_id is None:
-        wanted = task_filter.statuses or list(counts)
-        return sum(counts.get(status, 0) for status in wanted), True
+        matching_statuses = task_filter.statuses or list(counts)
+        return sum(counts.get(status, 0) for status in matching_statuses), True
 
     where, params = _filter_clause(task_filter)
     result = await conn.execute(

@@ -378,14 +378,14 @@ class Worker:
             await asyncio.sleep(self._maintenance_interval)
 
     async def _renew_leases(self) -> None:
-        held = {run.lease_token: run for run, _ in self._runs.values()}
-        if not held:
+        runs_by_token = {run.lease_token: run for run, _ in self._runs.values()}
+        if not runs_by_token:
             return
         async with self._engine.begin() as conn:
             valid = await crud.renew_leases(
-                conn, worker_id=self.id, tokens=list(held), lease_seconds=self._settings.lease_seconds
+                conn, worker_id=self.id, tokens=list(runs_by_token), lease_seconds=self._settings.lease_seconds
             )
-        lost = [run for token, run in held.items() if token not in valid]
+        lost = [run for token, run in runs_by_token.items() if token not in valid]
         self._abandon_runs(lost, "its lease is no longer held (cancelled or taken over)")
 
     def _abandon_runs(self, runs: Iterable[ClaimedRun], reason: str) -> None:
