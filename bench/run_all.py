@@ -4,7 +4,7 @@ Each round runs ours, Procrastinate and arq one after the other for drain, picku
 concurrency, then pgbench and the API load. The scale benchmark runs once at the end, with
 its own passes. The summary quotes the median over the rounds and each of our figures as a
 ratio to the anchors of the same run. The anchors need bench/.venv (`make bench-install`);
-without it they are left out, and the summary says why.
+without it they are left out, and the summary prints the reason.
 
   bench/.venv/bin/python bench/run_all.py            the full run (about 25 minutes)
   backend/.venv/bin/python bench/run_all.py --smoke  tiny sizes, to check the scripts work

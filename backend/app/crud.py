@@ -649,18 +649,6 @@ async def recover_lost_runs(conn: AsyncConnection, *, retry_delay_seconds: float
     return [dict(row) for row in result.mappings()]
 
 
-async def next_run_at_delay(conn: AsyncConnection) -> float | None:
-    """Seconds until the earliest pending task is due, or None when nothing is pending."""
-    result = await conn.execute(
-        text(
-            "SELECT greatest(extract(epoch FROM run_at - now()), 0) FROM tasks "
-            "WHERE status = 'pending' ORDER BY run_at, id LIMIT 1"
-        )
-    )
-    value = result.scalar_one_or_none()
-    return float(value) if value is not None else None
-
-
 # --- worker registry ----------------------------------------------------------------------
 
 

@@ -29,8 +29,6 @@ class TaskStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-
 
 class TaskType(enum.StrEnum):
     NOTIFICATION = "notification"

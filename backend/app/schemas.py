@@ -13,8 +13,8 @@ from app.settings import get_settings
 
 NAME_MAX_LENGTH = 200
 # At least one character that is not a space, and no control characters (Unicode category Cc).
-# check_name also rejects lone surrogates, which are no Unicode scalar values and so no valid
-# JSON Schema string; naming them in the pattern made schemathesis 4.32 ignore the pattern.
+# check_name also rejects lone surrogates. They are not Unicode scalar values, so a JSON Schema
+# string cannot contain them, and naming them in the pattern made schemathesis 4.32 ignore it.
 NAME_CHARACTER = r"[^\u0000-\u001f\u007f-\u009f]"
 NAME_PATTERN = rf"^{NAME_CHARACTER}*[^\s\u0000-\u001f\u007f-\u009f]{NAME_CHARACTER}*$"
 

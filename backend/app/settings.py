@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=200, ge=1, le=100_000, description="Tasks one worker runs at once.")
     worker_batch_size: int = Field(default=200, ge=1, le=10_000, description="Tasks claimed per statement.")
     worker_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
-    lease_seconds: float = Field(default=30.0, ge=1, le=3600, description="Lease a running task holds between renewals.")
+    lease_seconds: float = Field(default=30.0, ge=1, le=3600, description="Seconds a running task's lease lasts between renewals.")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     max_execution_time: float = Field(default=3600.0, gt=0, le=86400, description="Largest execution_time in seconds.")

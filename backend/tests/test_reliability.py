@@ -452,7 +452,7 @@ async def test_deep_queue_keeps_api_responsive(engine: AsyncEngine, database_url
     print(f"\ndeep queue: {asdict(report)}")
     assert report.pending >= 5000
     assert 0 < report.running_max <= report.concurrency
-    # The worker holds at most WORKER_CONCURRENCY runs, never the queue: 5,000 pending rows
-    # must not grow the process by more than a small fixed amount.
+    # The worker keeps at most WORKER_CONCURRENCY runs in memory, never the whole queue, so
+    # 5,000 pending rows must not grow the process by more than a small fixed amount.
     assert report.rss_after_mb - report.rss_before_mb < 100
 

@@ -54,7 +54,7 @@ async def get_engine(request: Request) -> AsyncEngine:
 
 
 async def read_connection(engine: Annotated[AsyncEngine, Depends(get_engine)]) -> AsyncIterator[AsyncConnection]:
-    """A connection in autocommit mode, for routes that only read.
+    """Open a connection in autocommit mode, for routes that only read.
 
     Under READ COMMITTED each statement takes its own snapshot whether or not a transaction
     is open, so BEGIN and ROLLBACK would only add two round trips per request.
