@@ -7,10 +7,11 @@ database trigger from the first migration checks the same table of transitions a
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -47,6 +48,7 @@ TASK_COLUMNS = (
     "id, name, type, execution_time, failure_rate, status, attempts, max_attempts, run_at, "
     "last_error, created_at, updated_at, started_at, finished_at"
 )
+TASK_COLUMN_NAMES = tuple(TASK_COLUMNS.split(", "))
 
 # Filtered counts stop here; the API then reports total_is_exact = false.
 COUNT_LIMIT = 10_000
@@ -109,38 +111,28 @@ async def create_task(
     max_pending: int,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
-) -> tuple[dict[str, Any], bool]:
-    """Insert a pending task with its first log line; return it and whether it is new.
+    claim_for: uuid.UUID | None = None,
+    lease_seconds: float = 0,
+) -> tuple[dict[str, Any], bool, list[ClaimedRun]]:
+    """Insert a pending task with its first log line; return it, whether it is new and its claim.
 
+    With claim_for, the task is committed and then the oldest due task (usually this one)
+    is claimed for that worker in a second transaction of the same call. That needs conn
+    in autocommit mode. Without it the task is only inserted, in the caller's transaction.
     With an idempotency key already stored, return the earlier task instead, or raise
     IdempotencyConflictError when that task was created from another body.
     """
     if idempotency_key is not None:
         existing = await _find_by_idempotency_key(conn, idempotency_key)
         if existing is not None:
-            return _check_replay(existing, idempotency_key, request_hash), False
+            return _check_replay(existing, idempotency_key, request_hash), False, []
 
-    # The queue check and the insert are one statement: one round trip less per create,
-    # with the same result as two statements in one READ COMMITTED transaction.
     result = await conn.execute(
         text(
-            f"""
-            WITH queue AS (
-                SELECT coalesce(sum(count), 0) AS pending FROM task_status_counts WHERE status = 'pending'
-            ), inserted AS (
-                INSERT INTO tasks (name, type, execution_time, failure_rate, max_attempts,
-                                   idempotency_key, request_hash)
-                SELECT :name, :type, :execution_time, :failure_rate, :max_attempts,
-                       :idempotency_key, :request_hash
-                FROM queue WHERE queue.pending < :max_pending
-                ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING *
-            ), logged AS (
-                INSERT INTO task_logs (task_id, attempt, level, message)
-                SELECT id, 0, 'INFO', 'task created' FROM inserted
-            )
-            SELECT queue.pending AS pending_before, {TASK_COLUMNS}, request_hash
-            FROM queue LEFT JOIN inserted ON TRUE
+            """
+            CALL create_task(:name, :type, :execution_time, :failure_rate, :max_attempts,
+                             :idempotency_key, :request_hash, :max_pending,
+                             :claim_for, :claim_limit, :lease_seconds, NULL, NULL, NULL)
             """
         ),
         {
@@ -152,26 +144,27 @@ async def create_task(
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
             "max_pending": max_pending,
+            "claim_for": claim_for,
+            "claim_limit": 1 if claim_for is not None else 0,
+            "lease_seconds": float(lease_seconds),
         },
     )
-    row = result.mappings().one()
-    if row["id"] is None and row["pending_before"] >= max_pending:
-        raise QueueFullError(int(row["pending_before"]), max_pending)
-    if row["id"] is None:
+    pending_before, row, claimed = result.one()
+    if row is None or row["id"] is None:
+        if pending_before >= max_pending:
+            raise QueueFullError(int(pending_before), max_pending)
         # Another request with the same key committed between our lookup and our insert.
         existing = await _find_by_idempotency_key(conn, idempotency_key or "")
         if existing is None:
             raise RuntimeError(f"insert of idempotency key {idempotency_key!r} conflicted, yet no row has it")
-        return _check_replay(existing, idempotency_key or "", request_hash), False
+        return _check_replay(existing, idempotency_key or "", request_hash), False, []
 
-    task = dict(row)
-    task.pop("request_hash")
-    task.pop("pending_before")
+    task = {column: row[column] for column in TASK_COLUMN_NAMES}
     logger.info(
         "task created",
         extra={"event": "created", "task_id": task["id"], "attempt": 0, "status": task["status"]},
     )
-    return task, True
+    return task, True, [claimed_run(claimed_row) for claimed_row in claimed or ()]
 
 
 async def _find_by_idempotency_key(conn: AsyncConnection, key: str) -> dict[str, Any] | None:
@@ -389,53 +382,39 @@ async def delete_task(conn: AsyncConnection, task_id: int) -> None:
 # --- worker: claims, results, leases ------------------------------------------------------
 
 
-async def claim_tasks(
-    conn: AsyncConnection, *, worker_id: uuid.UUID, limit: int, lease_seconds: float
-) -> list[ClaimedRun]:
-    """Move up to limit due pending tasks to running under a fresh lease, in one statement.
+# Sent through asyncpg directly, because SQLAlchemy's processing of a statement adds CPU time
+# between a task's commit and its claim. claim_due_tasks() is created by migration 0002.
+CLAIM_STATEMENT = """
+    SELECT id, name, type, execution_time, failure_rate, attempts, max_attempts, lease_token
+    FROM claim_due_tasks($1, $2, $3)
+"""
 
-    SKIP LOCKED lets several workers claim at once without waiting on each other. An empty
-    result can also mean that another worker has locked the rows right now, so callers poll again.
+
+async def claim_tasks(
+    driver: asyncpg.Connection, *, worker_id: uuid.UUID, limit: int, lease_seconds: float
+) -> list[ClaimedRun]:
+    """Move up to limit due pending tasks to running under a fresh lease, oldest first.
+
+    driver is the asyncpg connection under a SQLAlchemy one. The claim is one statement and
+    commits on its own, so call it outside any open transaction. An empty result can also
+    mean that another worker has locked the due rows right now, so callers poll again.
     """
-    result = await conn.execute(
-        text(
-            """
-            WITH due AS (
-                SELECT id FROM tasks
-                WHERE status = 'pending' AND run_at <= now()
-                ORDER BY run_at, id
-                LIMIT :limit
-                FOR UPDATE SKIP LOCKED
-            ), claimed AS (
-                UPDATE tasks t
-                SET status = 'running', started_at = now(), updated_at = now(),
-                    lease_owner = :worker_id, lease_token = gen_random_uuid(),
-                    lease_expires_at = now() + make_interval(secs => :lease_seconds)
-                FROM due WHERE t.id = due.id
-                RETURNING t.id, t.name, t.type, t.execution_time, t.failure_rate, t.attempts,
-                          t.max_attempts, t.lease_token
-            ), logged AS (
-                INSERT INTO task_logs (task_id, attempt, level, message)
-                SELECT id, attempts + 1, 'INFO', 'run ' || (attempts + 1) || ' started' FROM claimed
-            )
-            SELECT * FROM claimed ORDER BY id
-            """
-        ),
-        {"worker_id": worker_id, "limit": limit, "lease_seconds": lease_seconds},
+    rows = await driver.fetch(CLAIM_STATEMENT, worker_id, limit, float(lease_seconds))
+    return [claimed_run(row) for row in rows]
+
+
+def claimed_run(row: Mapping[str, Any]) -> ClaimedRun:
+    """Build the run of a task row that claim_due_tasks() has just moved to running."""
+    return ClaimedRun(
+        task_id=row["id"],
+        name=row["name"],
+        type=row["type"],
+        execution_time=row["execution_time"],
+        failure_rate=row["failure_rate"],
+        attempt=row["attempts"] + 1,
+        max_attempts=row["max_attempts"],
+        lease_token=row["lease_token"],
     )
-    return [
-        ClaimedRun(
-            task_id=row.id,
-            name=row.name,
-            type=row.type,
-            execution_time=row.execution_time,
-            failure_rate=row.failure_rate,
-            attempt=row.attempts + 1,
-            max_attempts=row.max_attempts,
-            lease_token=row.lease_token,
-        )
-        for row in result
-    ]
 
 
 async def complete_runs(conn: AsyncConnection, successes: Sequence[RunSuccess]) -> set[int]:

@@ -67,16 +67,21 @@ class Worker:
         # A run keeps its slot until its result is written, which bounds memory and leases.
         self._runs: dict[int, tuple[ClaimedRun, asyncio.Task[None] | None]] = {}
         self._results: list[RunSuccess | RunFailure] = []
+        # Slots held for claims made by requests of this process (reserve_slot, adopt), and
+        # the limit of the claim loop's statement in flight: both count as taken slots.
+        self._reserved_slots = 0
+        self._claim_limit_in_flight = 0
         self._results_ready = asyncio.Event()
         self._wake_event = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        # The LISTEN connection (asyncpg) and the SQLAlchemy connection that owns it. Claims
+        # go over it too: a pool checkout pings the server first, which put one more round
+        # trip between a task's commit and its claim.
         self._listener: asyncpg.Connection | None = None
+        self._listener_connection: AsyncConnection | None = None
         self._listener_lost = asyncio.Event()
-        # The LISTEN connection, also used for claims: a pool checkout pings the server
-        # first, which put one more round trip between a task's commit and its claim.
-        self._claim_connection: AsyncConnection | None = None
         self._flush_task: asyncio.Task[None] | None = None
         # Set by stop(): the flush loop writes what is left and then returns.
         self._closing = False
@@ -90,6 +95,31 @@ class Worker:
     def wake(self) -> None:
         """Make the claim loop look for due tasks now (a task was created in this process)."""
         self._wake_event.set()
+
+    def reserve_slot(self) -> bool:
+        """Hold a run slot for a task that a request of this process will claim for this worker.
+
+        Return False while stopping or when every slot is taken. A True must be followed by
+        adopt(), with the runs claimed or none, which gives the slot back.
+        """
+        if self._stopping:
+            return False
+        taken = len(self._runs) + self._reserved_slots + self._claim_limit_in_flight
+        if taken >= self._settings.worker_concurrency:
+            return False
+        self._reserved_slots += 1
+        return True
+
+    async def adopt(self, runs: list[ClaimedRun]) -> None:
+        """Run tasks that a request claimed for this worker, in the slot reserve_slot() held."""
+        self._reserved_slots -= 1
+        metrics.TASKS_STARTED.inc(len(runs))
+        if self._stopping:
+            # stop() may already have released its runs, so release these the same way.
+            await self._release(runs)
+            return
+        for run in runs:
+            self._start_run(run)
 
     async def run(self) -> None:
         """Claim and run tasks until stop() is called."""
@@ -137,7 +167,7 @@ class Worker:
         while not self._stopping:
             # Clear before claiming: a wake-up that arrives during the claim is kept.
             self._wake_event.clear()
-            free_slots = self._settings.worker_concurrency - len(self._runs)
+            free_slots = self._settings.worker_concurrency - len(self._runs) - self._reserved_slots
             limit = min(free_slots, self._settings.worker_batch_size)
             claimed: list[ClaimedRun] = []
             if limit > 0:
@@ -159,20 +189,26 @@ class Worker:
             await self._wait_for_wake(self._settings.worker_poll_interval_seconds)
 
     async def _claim(self, limit: int) -> list[ClaimedRun]:
+        self._claim_limit_in_flight = limit
+        try:
+            return await self._claim_due_tasks(limit)
+        finally:
+            self._claim_limit_in_flight = 0
+
+    async def _claim_due_tasks(self, limit: int) -> list[ClaimedRun]:
         started = time.perf_counter()
-        connection = self._claim_connection
-        if connection is None:
+        if self._listener is None:
             # The listener is reconnecting: claim over a pooled connection meanwhile.
-            async with self._engine.begin() as conn:
+            async with self._engine.connect() as conn:
+                driver = (await conn.get_raw_connection()).driver_connection
                 claimed = await crud.claim_tasks(
-                    conn, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
+                    driver, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
                 )
         else:
             # A dead connection fails this claim and ends the listener, which reconnects.
-            async with connection.begin():
-                claimed = await crud.claim_tasks(
-                    connection, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
-                )
+            claimed = await crud.claim_tasks(
+                self._listener, worker_id=self.id, limit=limit, lease_seconds=self._settings.lease_seconds
+            )
         metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
         metrics.TASKS_STARTED.inc(len(claimed))
         return claimed
@@ -474,7 +510,7 @@ class Worker:
             await connection.invalidate()
             raise
         self._listener = listener
-        self._claim_connection = connection
+        self._listener_connection = connection
 
     def _on_tasks_pending(self, *_args: object) -> None:
         self.wake()
@@ -491,7 +527,7 @@ class Worker:
     async def _close_listener(self) -> None:
         """Close the LISTEN connection for good; it never returns to the pool with its LISTENs."""
         listener, self._listener = self._listener, None
-        connection, self._claim_connection = self._claim_connection, None
+        connection, self._listener_connection = self._listener_connection, None
         if connection is None:
             return
         try:

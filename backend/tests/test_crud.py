@@ -1,7 +1,9 @@
 """Lifecycle rules in crud.py and in the database trigger."""
 
+import asyncio
 import itertools
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import text
@@ -159,7 +161,7 @@ async def test_database_trigger_rejects_lowering_attempts(engine: AsyncEngine) -
 
 async def test_task_logs_reject_updates(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
-        task, _ = await crud.create_task(
+        task, _, _ = await crud.create_task(
             conn, name="x", type="notification", execution_time=0, failure_rate=0, max_attempts=3, max_pending=10
         )
 
@@ -196,7 +198,119 @@ async def test_claim_skips_tasks_not_yet_due(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE tasks SET run_at = now() + interval '1 hour' WHERE id = :id"), {"id": task_id})
 
-    async with engine.begin() as conn:
-        claimed = await crud.claim_tasks(conn, worker_id=uuid.uuid4(), limit=10, lease_seconds=30)
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        claimed = await crud.claim_tasks(driver, worker_id=uuid.uuid4(), limit=10, lease_seconds=30)
 
     assert claimed == []
+
+
+async def create_with_claim(engine: AsyncEngine, name: str, lease_seconds: float = 30) -> tuple[dict, list]:
+    """Create a task on an autocommit connection, claiming for a new worker id as the API does."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        task, created, claimed = await crud.create_task(
+            conn, name=name, type="notification", execution_time=0, failure_rate=0, max_attempts=3,
+            max_pending=100, claim_for=uuid.uuid4(), lease_seconds=lease_seconds,
+        )
+    assert created
+    return task, claimed
+
+
+async def log_lines(engine: AsyncEngine, task_id: int) -> list[tuple[int, str, int]]:
+    """(attempt, message, creating transaction id) of each log line of a task, oldest first."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT attempt, message, xmin::text::bigint FROM task_logs WHERE task_id = :id ORDER BY id"),
+            {"id": task_id},
+        )
+        return [tuple(row) for row in rows]
+
+
+async def test_claiming_create_commits_pending_first(engine: AsyncEngine) -> None:
+    task, claimed = await create_with_claim(engine, "claimed at once")
+
+    assert task["status"] == "pending"
+    assert [run.task_id for run in claimed] == [task["id"]]
+    assert claimed[0].attempt == 1
+    assert await read_status(engine, task["id"]) == "running"
+    (created_attempt, created_message, created_xid), (run_attempt, run_message, run_xid) = await log_lines(
+        engine, task["id"]
+    )
+    assert (created_attempt, created_message) == (0, "task created")
+    assert (run_attempt, run_message) == (1, "run 1 started")
+    assert run_xid != created_xid
+
+
+async def test_claiming_create_takes_oldest_task(engine: AsyncEngine) -> None:
+    older_id = await insert_task(engine, TaskStatus.PENDING)
+
+    task, claimed = await create_with_claim(engine, "newer")
+
+    assert [run.task_id for run in claimed] == [older_id]
+    assert await read_status(engine, older_id) == "running"
+    assert await read_status(engine, task["id"]) == "pending"
+
+
+async def test_claiming_create_in_transaction_writes_nothing(engine: AsyncEngine) -> None:
+    with pytest.raises(DBAPIError, match="invalid transaction termination"):
+        async with engine.begin() as conn:
+            await crud.create_task(
+                conn, name="x", type="notification", execution_time=0, failure_rate=0, max_attempts=3,
+                max_pending=100, claim_for=uuid.uuid4(), lease_seconds=30,
+            )
+
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM tasks"))).scalar_one() == 0
+        assert (await conn.execute(text("SELECT count(*) FROM task_logs"))).scalar_one() == 0
+
+
+async def test_failed_claim_leaves_task_pending(engine: AsyncEngine) -> None:
+    # An infinite lease makes the claim's make_interval() fail after the task has committed.
+    task, claimed = await create_with_claim(engine, "claim fails", lease_seconds=float("inf"))
+
+    assert claimed == []
+    assert await read_status(engine, task["id"]) == "pending"
+    assert [message for _, message, _ in await log_lines(engine, task["id"])] == ["task created"]
+
+
+async def pending_notifications_during(engine: AsyncEngine, action: Callable[[], Awaitable[object]]) -> int:
+    """Count the tasks_pending notifications that a listener receives while action runs."""
+    received: list[str] = []
+    async with engine.connect() as conn:
+        listener = (await conn.get_raw_connection()).driver_connection
+        await listener.add_listener("tasks_pending", lambda *args: received.append(args[-1]))
+        await action()
+        # A notification sent at the action's commit arrives before this query's result.
+        await listener.execute("SELECT 1")
+        await asyncio.sleep(0)
+        # The LISTEN must not go back to the pool with the connection.
+        await conn.invalidate()
+    return len(received)
+
+
+async def test_plain_create_wakes_workers(engine: AsyncEngine) -> None:
+    async def create() -> None:
+        async with engine.begin() as conn:
+            await crud.create_task(
+                conn, name="x", type="notification", execution_time=0, failure_rate=0, max_attempts=3, max_pending=10
+            )
+
+    assert await pending_notifications_during(engine, create) == 1
+
+
+async def test_create_claiming_own_task_wakes_nobody(engine: AsyncEngine) -> None:
+    assert await pending_notifications_during(engine, lambda: create_with_claim(engine, "claimed")) == 0
+
+
+async def test_create_claiming_older_task_wakes_workers(engine: AsyncEngine) -> None:
+    await insert_task(engine, TaskStatus.PENDING)
+
+    assert await pending_notifications_during(engine, lambda: create_with_claim(engine, "newer")) == 1
+
+
+async def test_failed_claim_wakes_workers(engine: AsyncEngine) -> None:
+    def create() -> Awaitable[object]:
+        return create_with_claim(engine, "claim fails", lease_seconds=float("inf"))
+
+    assert await pending_notifications_during(engine, create) == 1

@@ -261,8 +261,8 @@ async def test_sigkilled_workers_lose_no_task(engine: AsyncEngine, database_url:
 async def find_claiming_backend(engine: AsyncEngine, timeout: float = 10) -> int:
     """Return the pid of the backend the worker claims over, which is its LISTEN connection.
 
-    PostgreSQL shows no session's LISTENs to others, and the listener's last statement is a
-    claim's COMMIT like any other. So the test locks the tasks table until the next claim
+    PostgreSQL shows no session's LISTENs to others, and any session can call
+    claim_due_tasks(). So the test locks the tasks table until the next claim
     queues behind the lock, and reads that claim's backend from pg_stat_activity.
     """
     async with engine.connect() as locker:
@@ -274,7 +274,7 @@ async def find_claiming_backend(engine: AsyncEngine, timeout: float = 10) -> int
                     await observer.execute(
                         text(
                             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND wait_event_type = 'Lock' AND query LIKE '%'' started''%'"
+                            "AND wait_event_type = 'Lock' AND query LIKE '%claim_due_tasks%'"
                         )
                     )
                 ).scalar_one_or_none()

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import crud
 from app.settings import Settings
 from app.worker import Worker, compute_retry_delay
 from tests.conftest import wait_until
@@ -80,6 +81,29 @@ async def test_worker_runs_tasks_concurrently(engine: AsyncEngine, worker: Worke
 
     assert time.monotonic() - started < 5
     assert await count_by_status(engine) == {"completed": 50}
+
+
+async def test_adopt_after_stop_releases_run(engine: AsyncEngine, settings: Settings) -> None:
+    worker = Worker(engine, settings)
+    loop = asyncio.create_task(worker.run())
+    assert worker.reserve_slot()
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        task, _, claimed = await crud.create_task(
+            conn, name="claimed while stopping", type="notification", execution_time=5, failure_rate=0,
+            max_attempts=3, max_pending=100, claim_for=worker.id, lease_seconds=30,
+        )
+    await worker.stop()
+    await loop
+
+    await worker.adopt(claimed)
+
+    assert [run.task_id for run in claimed] == [task["id"]]
+    assert not worker.reserve_slot()
+    assert worker.running_count == 0
+    async with engine.connect() as conn:
+        row = (await conn.execute(text("SELECT status, attempts FROM tasks WHERE id = :id"), {"id": task["id"]})).one()
+    assert tuple(row) == ("pending", 0)
 
 
 async def test_task_survives_app_restart(database_url: str, tmp_path: Path) -> None:

@@ -1,6 +1,5 @@
 """HTTP routes for tasks: parse the request, call crud, map domain errors to status codes."""
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -14,6 +13,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import crud, metrics
+from app.crud import ClaimedRun
 from app.exceptions import (
     IdempotencyConflictError,
     InvalidTransitionError,
@@ -53,11 +53,14 @@ async def get_engine(request: Request) -> AsyncEngine:
     return request.app.state.engine
 
 
-async def read_connection(engine: Annotated[AsyncEngine, Depends(get_engine)]) -> AsyncIterator[AsyncConnection]:
-    """Open a connection in autocommit mode, for routes that only read.
+async def autocommit_connection(
+    engine: Annotated[AsyncEngine, Depends(get_engine)],
+) -> AsyncIterator[AsyncConnection]:
+    """Open a connection in autocommit mode, for routes whose statements each commit on their own.
 
     Under READ COMMITTED each statement takes its own snapshot whether or not a transaction
-    is open, so BEGIN and ROLLBACK would only add two round trips per request.
+    is open, so for reads, and for a create whose insert is one statement, BEGIN and COMMIT
+    would only add two round trips per request.
     """
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -97,7 +100,7 @@ def reject_nul_character(value: str | None) -> str | None:
 
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task id.")]
-ReadConnection = Annotated[AsyncConnection, Depends(read_connection)]
+AutocommitConnection = Annotated[AsyncConnection, Depends(autocommit_connection)]
 WriteConnection = Annotated[AsyncConnection, Depends(write_connection)]
 
 
@@ -131,7 +134,7 @@ async def create_task(
     body: TaskCreateRequest,
     request: Request,
     response: Response,
-    conn: WriteConnection,
+    conn: AutocommitConnection,
     settings: Annotated[Settings, Depends(get_settings)],
     idempotency_key: Annotated[
         str | None,
@@ -144,8 +147,13 @@ async def create_task(
 ) -> TaskRead | JSONResponse:
     """Store a pending task and return at once; a worker runs it in the background."""
     request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key else None
+    # With a free slot in this process's worker, the task is claimed for it right after its
+    # commit, in the same database call: no wake-up and no round trip before it starts.
+    worker = getattr(request.app.state, "worker", None)
+    claim_for = worker.id if worker is not None and worker.reserve_slot() else None
+    claimed: list[ClaimedRun] = []
     try:
-        task, created = await crud.create_task(
+        task, created, claimed = await crud.create_task(
             conn,
             name=body.name,
             type=body.type,
@@ -155,6 +163,8 @@ async def create_task(
             max_pending=settings.max_pending_tasks,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
+            claim_for=claim_for,
+            lease_seconds=settings.lease_seconds,
         )
     except IdempotencyConflictError as exc:
         return JSONResponse(status_code=status.HTTP_409_CONFLICT, content={"detail": str(exc)})
@@ -164,18 +174,19 @@ async def create_task(
             content={"detail": str(exc)},
             headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)},
         )
+    finally:
+        if claim_for is not None:
+            # Gives the reserved slot back, and runs what was claimed (nothing on an error).
+            await worker.adopt(claimed)
 
-    # Commit now, so that the worker woken below can see the row.
-    await conn.commit()
+    # The task has committed on its own (autocommit), so any worker can see it now.
     response.headers["Location"] = f"/tasks/{task['id']}"
     if created:
         metrics.TASKS_CREATED.inc()
-        worker = getattr(request.app.state, "worker", None)
-        if worker is not None:
+        if worker is not None and task["id"] not in {run.task_id for run in claimed}:
+            # The create did not claim this task (no free slot, or an older task went first),
+            # so the worker should look for it now.
             worker.wake()
-            # Yield once, so that the woken claim loop sends its claim before this response
-            # is built, instead of after it (pickup latency in one process).
-            await asyncio.sleep(0)
     else:
         response.status_code = status.HTTP_200_OK
     return TaskRead.model_validate(task)
@@ -184,7 +195,7 @@ async def create_task(
 @router.get("/", response_model=TaskListRead, summary="List tasks, newest first")
 @router.get("", response_model=TaskListRead, include_in_schema=False)
 async def list_tasks(
-    conn: ReadConnection,
+    conn: AutocommitConnection,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size, 1 to 200.")] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip, 0 to {MAX_OFFSET}.")] = 0,
     status_filter: Annotated[
@@ -237,7 +248,7 @@ async def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskRead, responses=NOT_FOUND, summary="Get one task")
-async def get_task(task_id: TaskId, conn: ReadConnection) -> TaskRead:
+async def get_task(task_id: TaskId, conn: AutocommitConnection) -> TaskRead:
     try:
         return TaskRead.model_validate(await crud.get_task(conn, task_id))
     except TaskNotFoundError as exc:
@@ -247,7 +258,7 @@ async def get_task(task_id: TaskId, conn: ReadConnection) -> TaskRead:
 @router.get(
     "/{task_id}/logs", response_model=list[TaskLogRead], responses=NOT_FOUND, summary="Execution log, oldest first"
 )
-async def list_task_logs(task_id: TaskId, conn: ReadConnection) -> list[TaskLogRead]:
+async def list_task_logs(task_id: TaskId, conn: AutocommitConnection) -> list[TaskLogRead]:
     try:
         logs = await crud.list_task_logs(conn, task_id)
     except TaskNotFoundError as exc:

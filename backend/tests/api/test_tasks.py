@@ -1,7 +1,9 @@
 """HTTP routes of /tasks against the app in this process."""
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -9,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import crud
+from app.main import app
 from app.settings import get_settings
 from app.worker import Worker
 from tests.conftest import wait_until
@@ -89,6 +92,104 @@ async def test_task_runs_to_completed_with_logs(client: httpx.AsyncClient, worke
     assert done["started_at"] is not None
     assert done["finished_at"] is not None
     assert [line["message"] for line in logs] == ["task created", "run 1 started", "run 1 slept 0.30 s", "completed"]
+
+
+async def status_in_database(engine: AsyncEngine, task_id: int) -> str:
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT status FROM tasks WHERE id = :id"), {"id": task_id})).scalar_one()
+
+
+async def has_status(engine: AsyncEngine, task_id: int, status: str) -> bool:
+    return await status_in_database(engine, task_id) == status
+
+
+async def wait_out_start_up(engine: AsyncEngine) -> None:
+    """Wait until a task inserted now has completed, so the worker's start-up claim is over.
+
+    That claim could otherwise take the task that a test creates next.
+    """
+    async with engine.begin() as conn:
+        task_id = (
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (name, type, execution_time, max_attempts) "
+                    "VALUES ('warm-up', 'notification', 0, 1) RETURNING id"
+                )
+            )
+        ).scalar_one()
+    await wait_until(lambda: has_status(engine, task_id, "completed"), timeout=10, what="warm-up task completed")
+
+
+@contextlib.asynccontextmanager
+async def in_process_worker(engine: AsyncEngine, concurrency: int) -> AsyncIterator[Worker]:
+    """A worker of the app in this process with the given number of run slots."""
+    worker = Worker(engine, get_settings().model_copy(update={"worker_concurrency": concurrency}))
+    app.state.worker = worker
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_out_start_up(engine)
+        yield worker
+    finally:
+        await worker.stop()
+        await run
+        app.state.worker = None
+
+
+async def test_create_claims_for_local_worker(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await wait_out_start_up(engine)
+    claimed_by_loop: list[int] = []
+    claim_tasks = crud.claim_tasks
+
+    async def recording_claim_tasks(*args: object, **kwargs: object) -> list[crud.ClaimedRun]:
+        runs = await claim_tasks(*args, **kwargs)
+        claimed_by_loop.extend(run.task_id for run in runs)
+        return runs
+
+    monkeypatch.setattr(crud, "claim_tasks", recording_claim_tasks)
+
+    task = await create(client, execution_time=2)
+
+    assert task["status"] == "pending"
+    assert await status_in_database(engine, task["id"]) == "running"
+    assert worker.running_count == 1
+    assert claimed_by_loop == []
+    await client.post(f"/tasks/{task['id']}/cancel")
+
+
+async def test_create_with_busy_slots_stays_pending(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    async with in_process_worker(engine, concurrency=1):
+        first = await create(client, execution_time=0.5)
+        second = await create(client, execution_time=0)
+
+        assert await status_in_database(engine, first["id"]) == "running"
+        assert await status_in_database(engine, second["id"]) == "pending"
+
+        async def second_completed() -> bool:
+            return await status_in_database(engine, second["id"]) == "completed"
+
+        await wait_until(second_completed, timeout=10, what="second task completed after the first")
+
+
+async def test_refused_create_frees_reserved_slot(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    settings = get_settings()
+    original = settings.max_pending_tasks
+    async with in_process_worker(engine, concurrency=1):
+        settings.max_pending_tasks = 0
+        try:
+            for _ in range(3):
+                assert (await client.post("/tasks/", json=TASK_BODY)).status_code == 429
+        finally:
+            settings.max_pending_tasks = original
+
+        task = await create(client, execution_time=2)
+
+        # A slot kept by a refused create would leave this one pending.
+        assert await status_in_database(engine, task["id"]) == "running"
+        await client.post(f"/tasks/{task['id']}/cancel")
 
 
 async def test_failure_rate_one_fails_after_exactly_three_runs(client: httpx.AsyncClient, worker: Worker) -> None:
