@@ -20,13 +20,21 @@ depends_on: str | Sequence[str] | None = None
 
 # Oldest due tasks first. SKIP LOCKED lets several workers claim at once; an empty result
 # can also mean that another worker holds the rows right now, not that none are due.
+#
+# Planning this statement took about 100 us, half of a claim on an empty queue, because the
+# sessions of the app set plan_cache_mode = force_custom_plan. This function sets it back to
+# auto, so PL/pgSQL can reuse a generic plan while that plan costs no more than custom ones.
+# = ANY (ARRAY(...)) keeps the UPDATE on the primary key in a generic plan too: a join there
+# became a sequential scan once the table held 10,000 pending rows.
 CLAIM_FUNCTION = """
 CREATE FUNCTION claim_due_tasks(worker uuid, max_count integer, lease_seconds double precision)
-RETURNS SETOF tasks LANGUAGE sql AS $$
+RETURNS SETOF tasks LANGUAGE plpgsql SET plan_cache_mode = auto AS $$
+BEGIN
+    RETURN QUERY
     WITH due AS (
-        SELECT id FROM tasks
-        WHERE status = 'pending' AND run_at <= now()
-        ORDER BY run_at, id
+        SELECT pending.id FROM tasks pending
+        WHERE pending.status = 'pending' AND pending.run_at <= now()
+        ORDER BY pending.run_at, pending.id
         LIMIT max_count
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
@@ -34,13 +42,14 @@ RETURNS SETOF tasks LANGUAGE sql AS $$
         SET status = 'running', started_at = now(), updated_at = now(),
             lease_owner = worker, lease_token = gen_random_uuid(),
             lease_expires_at = now() + make_interval(secs => lease_seconds)
-        FROM due WHERE t.id = due.id
+        WHERE t.id = ANY (ARRAY(SELECT due.id FROM due))
         RETURNING t.*
     ), logged AS (
         INSERT INTO task_logs (task_id, attempt, level, message)
-        SELECT id, attempts + 1, 'INFO', 'run ' || (attempts + 1) || ' started' FROM claimed
+        SELECT c.id, c.attempts + 1, 'INFO', 'run ' || (c.attempts + 1) || ' started' FROM claimed c
     )
-    SELECT * FROM claimed ORDER BY id
+    SELECT * FROM claimed c ORDER BY c.id;
+END
 $$;
 """
 
