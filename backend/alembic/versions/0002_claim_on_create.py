@@ -1,8 +1,8 @@
 """Add claim_due_tasks() and the create_task procedure, which can claim right after its commit.
 
-A task created by an API process whose own worker has a free slot is committed as pending
-and then claimed for that worker in a second transaction of the same CALL, so the claim
-needs no wake-up and no second round trip from the worker.
+Take an API process whose own worker has a free slot. A task that it creates is committed as
+pending and then claimed for that worker in a second transaction of the same CALL. So the
+claim needs no wake-up and no second round trip from the worker.
 
 Revision ID: 0002
 Revises: 0001
@@ -18,8 +18,8 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Oldest due tasks first. SKIP LOCKED lets several workers claim at once; an empty result
-# can also mean that another worker holds the rows right now, not that none are due.
+# Oldest due tasks first. SKIP LOCKED lets several workers claim at once. So an empty result
+# can also mean that another worker has locked the rows right now, not that none are due.
 #
 # Planning this statement took about 100 us, half of a claim on an empty queue, because the
 # sessions of the app set plan_cache_mode = force_custom_plan. This function sets it back to
@@ -53,8 +53,8 @@ END
 $$;
 """
 
-# The insert trigger wakes the workers, except for a task that its create claims at once:
-# waking them would only make each of them run a claim that finds nothing.
+# The insert trigger wakes the workers, except for a task that its create claims at once,
+# because waking them would only make each of them run a claim that finds nothing.
 INSERT_TRIGGER_FUNCTION = """
 CREATE OR REPLACE FUNCTION tasks_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
