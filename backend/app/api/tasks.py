@@ -53,6 +53,11 @@ async def get_engine(request: Request) -> AsyncEngine:
     return request.app.state.engine
 
 
+async def current_settings() -> Settings:
+    """Return the settings. get_settings is sync, so as a dependency it would run in a thread."""
+    return get_settings()
+
+
 async def autocommit_connection(
     engine: Annotated[AsyncEngine, Depends(get_engine)],
 ) -> AsyncIterator[AsyncConnection]:
@@ -74,7 +79,7 @@ async def write_connection(engine: Annotated[AsyncEngine, Depends(get_engine)]) 
 
 
 async def require_token(
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(current_settings)],
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
     if not settings.api_token:
@@ -135,7 +140,7 @@ async def create_task(
     request: Request,
     response: Response,
     conn: AutocommitConnection,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[Settings, Depends(current_settings)],
     idempotency_key: Annotated[
         str | None,
         Header(

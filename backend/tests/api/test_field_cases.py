@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api.tasks import current_settings
 from app.main import app
 from app.schemas import NAME_MAX_LENGTH
 from app.settings import Settings, get_settings
@@ -477,11 +478,11 @@ async def test_concurrent_reads_during_status_writes(
 async def token_client(client: httpx.AsyncClient) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """The in-process client, with API_TOKEN required on mutating requests."""
     token = "field-case-token"
-    app.dependency_overrides[get_settings] = lambda: get_settings().model_copy(update={"api_token": token})
+    app.dependency_overrides[current_settings] = lambda: get_settings().model_copy(update={"api_token": token})
     try:
         yield client, token
     finally:
-        app.dependency_overrides.pop(get_settings, None)
+        app.dependency_overrides.pop(current_settings, None)
 
 
 @pytest.mark.parametrize("path", ["/tasks", "/tasks/"])
