@@ -1,6 +1,6 @@
 """Print the Markdown tables of docs/benchmarks.md from a summary JSON written by run_all.py.
 
-  python bench/report.py bench/records/2026-12-04-2332.json
+  python bench/report.py bench/records/2026-12-05-0000.json
 """
 
 import json
