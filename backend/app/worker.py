@@ -68,7 +68,7 @@ class Worker:
         self._runs: dict[int, tuple[ClaimedRun, asyncio.Task[None] | None]] = {}
         self._results: list[RunSuccess | RunFailure] = []
         # Slots held for claims made by requests of this process (reserve_slot, adopt), and
-        # the limit of the claim loop's statement in flight: both count as taken slots.
+        # the limit of the claim loop's statement in flight: both count as busy slots.
         self._reserved_slots = 0
         self._claim_limit_in_flight = 0
         self._results_ready = asyncio.Event()
@@ -104,8 +104,8 @@ class Worker:
         """
         if self._stopping:
             return False
-        taken = len(self._runs) + self._reserved_slots + self._claim_limit_in_flight
-        if taken >= self._settings.worker_concurrency:
+        busy_slots = len(self._runs) + self._reserved_slots + self._claim_limit_in_flight
+        if busy_slots >= self._settings.worker_concurrency:
             return False
         self._reserved_slots += 1
         return True
